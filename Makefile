@@ -1,0 +1,70 @@
+# Celery fleet toolkit. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+INVENTORY ?= playbooks/inventories/sandbox/hosts.yml
+LIMIT ?=
+CHECK ?=
+TASK ?=
+ARGS ?=
+TIMEOUT ?= 10
+FORMAT ?= text
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_STAMP := .sandbox/.system-packages
+
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: $(STAMP) $(SYSTEM_STAMP) ## Install system packages and the controller environment (.venv)
+
+$(SYSTEM_STAMP): scripts/system-packages.sh
+	@scripts/system-packages.sh
+	@mkdir -p $(@D) && touch $@
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+.PHONY: sandbox-up
+sandbox-up: setup ## Boot one sandbox host per inventory host [INVENTORY=path]
+	$(BIN)/python scripts/sandbox.py up $(INVENTORY)
+
+.PHONY: sandbox-down
+sandbox-down: ## Stop and remove the inventory's sandbox hosts [INVENTORY=path]
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/sandbox.py down $(INVENTORY); else $(PYTHON) scripts/sandbox.py down $(INVENTORY); fi
+
+.PHONY: sandbox-status
+sandbox-status: ## List sandbox hosts, addresses and state
+	@$(PYTHON) scripts/sandbox.py status
+
+.PHONY: deploy
+deploy: setup ## Deploy the fleet [INVENTORY=path] [LIMIT=hosts] [CHECK=1]
+	@INVENTORY=$(INVENTORY) LIMIT=$(LIMIT) CHECK=$(CHECK) scripts/deploy.sh
+
+.PHONY: lint
+lint: setup ## Run ansible-lint (production profile) and yamllint
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint --profile production playbooks/
+
+.PHONY: test
+test: setup ## Run the whole test suite (lint, unit, sandbox fleet)
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest $(PYTEST_ARGS) tests
+
+.PHONY: bench
+bench: setup ## Print benchmark figures (sandbox boot, deploy)
+	$(BIN)/python scripts/bench.py
+
+.PHONY: clean
+clean: ## Remove the controller environment (the sandbox stays; see sandbox-down)
+	rm -rf $(VENV) .pytest_cache

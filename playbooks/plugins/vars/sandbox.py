@@ -1,0 +1,73 @@
+"""Ansible vars plugin: connection and package-proxy variables for hosts of the local sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ansible.inventory.host import Host
+from ansible.plugins.vars import BaseVarsPlugin
+
+DOCUMENTATION = """
+    name: sandbox
+    short_description: Variables that reach hosts of the local sandbox fleet
+    description:
+      - For every host that `make sandbox-up` booted from an inventory in this directory, sets
+        C(ansible_host), C(ansible_user), the SSH key and options, and the package proxy
+        (C(fleet_http_proxy), C(fleet_ca_bundle)). Hosts that are not sandbox hosts get nothing.
+      - State is read from the repository's C(.sandbox/fleets/*/fleet.json).
+"""
+
+_STATE = Path(__file__).resolve().parents[3] / ".sandbox"
+_SSH_ARGS = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
+             "-o ConnectTimeout=5")
+_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+def _fleets() -> list[dict]:
+    fleets = []
+    for path in sorted((_STATE / "fleets").glob("*/fleet.json")):
+        try:
+            fleets.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return fleets
+
+
+def _host_vars(fleet: dict, host: dict) -> dict:
+    gateway = host["address"].rsplit(".", 1)[0] + ".1"
+    ca_bundle = next((p for p in _CA_BUNDLES if os.path.isfile(p)), "")
+    return {
+        "ansible_host": host["address"],
+        "ansible_user": "root",
+        "ansible_port": 22,
+        "ansible_ssh_private_key_file": str(_STATE / "ssh" / "id_ed25519"),
+        "ansible_ssh_common_args": _SSH_ARGS,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "fleet_http_proxy": f"http://{gateway}:8888",
+        "fleet_ca_bundle": ca_bundle,
+        "sandbox_fleet": fleet["fid"],
+    }
+
+
+class VarsModule(BaseVarsPlugin):
+    """Sandbox host variables, keyed by inventory directory and host name."""
+
+    REQUIRES_ENABLED = True
+
+    def get_vars(self, loader, path, entities, cache=True):
+        super().get_vars(loader, path, entities)
+        hosts = [e for e in (entities if isinstance(entities, list) else [entities]) if isinstance(e, Host)]
+        if not hosts:
+            return {}
+        directory = os.path.realpath(path)
+        data = {}
+        for fleet in _fleets():
+            if fleet.get("inventory_dir") != directory:
+                continue
+            for entity in hosts:
+                host = fleet["hosts"].get(entity.name)
+                if host:
+                    data.update(_host_vars(fleet, host))
+        return data

@@ -1,0 +1,634 @@
+"""Local sandbox fleet: one systemd-nspawn host per inventory host, on a private bridge, over SSH."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".sandbox"
+FLEETS_DIR = STATE_DIR / "fleets"
+DEFAULT_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "celery-fleet-sandbox"
+
+NET_PREFIX = "10.77"  # fleet N gets 10.77.N.0/24; .1 is the bridge (and proxy), hosts from .2
+PROXY_PORT = 8888
+SSH_READY_TIMEOUT = 90.0
+MIRROR = "http://deb.debian.org/debian"
+SUITES = ("bookworm", "trixie")
+# The image recipe: any change here (or in _customize_image) yields a new image hash.
+IMAGE_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt", "iproute2", "sudo",
+)
+IMAGE_RECIPE_VERSION = 1
+SSH_OPTIONS = (
+    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+)
+_HOSTNAME_RE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+class SandboxError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+@dataclass
+class HostState:
+    name: str
+    address: str
+    machine: str
+
+
+@dataclass
+class Fleet:
+    fid: str
+    inventory: str
+    inventory_dir: str
+    index: int
+    suite: str
+    image: str
+    hosts: dict[str, HostState] = field(default_factory=dict)
+
+    @property
+    def bridge(self) -> str:
+        return f"sbr{self.fid}"
+
+    @property
+    def gateway(self) -> str:
+        return f"{NET_PREFIX}.{self.index}.1"
+
+    @property
+    def subnet(self) -> str:
+        return f"{NET_PREFIX}.{self.index}.0/24"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.gateway}:{PROXY_PORT}"
+
+    @property
+    def directory(self) -> Path:
+        return FLEETS_DIR / self.fid
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Fleet":
+        data = json.loads(text)
+        data["hosts"] = {n: HostState(**h) for n, h in data["hosts"].items()}
+        return cls(**data)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def fleet_id(inventory: Path) -> str:
+    """Stable short id of an inventory file (its absolute path)."""
+    return hashlib.sha1(str(inventory.resolve()).encode()).hexdigest()[:8]
+
+
+def inventory_dir(inventory: Path) -> str:
+    """The directory Ansible hands to vars plugins for this inventory source."""
+    inventory = inventory.resolve()
+    return str(inventory if inventory.is_dir() else inventory.parent)
+
+
+def host_names(inventory_json: dict) -> list[str]:
+    """All host names of an `ansible-inventory --list` document, in first-seen order."""
+    names: dict[str, None] = dict.fromkeys(inventory_json.get("_meta", {}).get("hostvars", {}))
+    for group, body in inventory_json.items():
+        if group != "_meta" and isinstance(body, dict):
+            names.update(dict.fromkeys(body.get("hosts", [])))
+    return list(names)
+
+
+def invalid_host_names(names: list[str]) -> list[str]:
+    """Names that are not valid host names (RFC 1123, at most 63 characters)."""
+    return [n for n in names if not _HOSTNAME_RE.match(n)]
+
+
+def max_hosts() -> int:
+    """How many hosts one fleet subnet holds (a /24 less network, bridge and broadcast)."""
+    return ipaddress.ip_network(f"{NET_PREFIX}.0.0/24").num_addresses - 3
+
+
+def host_address(index: int, position: int) -> str:
+    """Address of the position-th host (0-based) of fleet number index."""
+    return f"{NET_PREFIX}.{index}.{position + 2}"
+
+
+def machine_name(fid: str, position: int) -> str:
+    """nspawn machine name: short, so its veth name 'vb-<machine>' fits in 15 characters."""
+    return f"sb{fid[:6]}-{position}"
+
+
+def network_unit(address: str) -> str:
+    """systemd-networkd unit for the container side of the veth: static address, no route out."""
+    return f"[Match]\nName=host0\n\n[Network]\nAddress={address}/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+
+
+def hosts_file(fleet: Fleet) -> str:
+    """/etc/hosts for every host of a fleet: all its peers resolve by inventory name."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", f"{fleet.gateway}\tsandbox-gateway"]
+    lines += [f"{h.address}\t{h.name}" for h in fleet.hosts.values()]
+    return "\n".join(lines) + "\n"
+
+
+def proxy_config(fleet: Fleet) -> str:
+    """tinyproxy configuration: listens on the bridge only, serves only the fleet's subnet."""
+    d = fleet.directory
+    return "\n".join([
+        f"Port {PROXY_PORT}", f"Listen {fleet.gateway}", f"Allow {fleet.subnet}",
+        "Timeout 600", "MaxClients 200", "LogLevel Warning",
+        f"LogFile \"{d / 'proxy.log'}\"", f"PidFile \"{d / 'proxy.pid'}\"",
+        "ConnectPort 443", "ConnectPort 80", "DisableViaHeader Yes", "",
+    ])
+
+
+def image_hash(suite: str) -> str:
+    """Hash of everything that defines the base image."""
+    import inspect
+    recipe = [IMAGE_RECIPE_VERSION, suite, MIRROR, IMAGE_PACKAGES, inspect.getsource(_customize_image)]
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
+
+
+def ca_bundle() -> str:
+    """The controller's CA bundle that pip on the hosts needs through the proxy."""
+    for candidate in (ssl.get_default_verify_paths().cafile, "/etc/ssl/certs/ca-certificates.crt",
+                      "/etc/pki/tls/certs/ca-bundle.crt"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return ""
+
+
+# ---------------------------------------------------------------- system probes
+
+def _run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True, capture_output=True, **kw)
+
+
+def _proc_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def container_inits() -> dict[tuple[str, str], int]:
+    """(fleet id, host name) -> PID of that sandbox host's PID 1, for every live sandbox host."""
+    found = {}
+    for pid in _pids():
+        env = _proc_environ(pid)
+        if "SANDBOX_FLEET" in env and env.get("container") == "systemd-nspawn":
+            key = (env["SANDBOX_FLEET"], env.get("SANDBOX_HOST", ""))
+            found[key] = min(pid, found.get(key, pid))
+    return found
+
+
+def nspawn_pids(machine_prefix: str) -> dict[str, int]:
+    """machine name -> PID of its systemd-nspawn process, for machines starting with the prefix."""
+    found = {}
+    for pid in _pids():
+        args = _proc_cmdline(pid)
+        if args and args[0].endswith("systemd-nspawn"):
+            for arg in args:
+                if arg.startswith("--machine=") and arg[10:].startswith(machine_prefix):
+                    found[arg[10:]] = pid
+    return found
+
+
+def _proxy_pids(conf: Path) -> list[int]:
+    return [pid for pid in _pids() if (args := _proc_cmdline(pid)) and args[0].endswith("tinyproxy")
+            and str(conf) in args]
+
+
+def _link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def _addresses_in_use() -> set[str]:
+    out = _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
+    return set(re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", out))
+
+
+def _pid1_start(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return ""
+
+
+# ---------------------------------------------------------------- inventory
+
+def read_inventory(inventory: Path) -> list[str]:
+    """Host names of an inventory, via ansible-inventory; SandboxError when it does not parse."""
+    if not inventory.exists():
+        raise SandboxError(f"inventory {inventory}: no such file or directory")
+    ansible_inventory = Path(sys.executable).parent / "ansible-inventory"
+    if not ansible_inventory.exists():
+        ansible_inventory = Path(shutil.which("ansible-inventory") or "ansible-inventory")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+               ANSIBLE_INVENTORY_UNPARSED_FAILED="true", ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED="true",
+               ANSIBLE_VARS_ENABLED="host_group_vars", ANSIBLE_NOCOLOR="1")
+    proc = _run([str(ansible_inventory), "-i", str(inventory), "--list", "--export"], check=False,
+                env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        detail = " ".join(line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip())
+        raise SandboxError(f"inventory {inventory} does not parse: {detail[:600]}")
+    names = host_names(json.loads(proc.stdout))
+    if not names:
+        raise SandboxError(f"inventory {inventory}: no hosts")
+    return names
+
+
+def validate_hosts(inventory: Path, names: list[str]) -> None:
+    """Reject host names and host counts the sandbox cannot serve."""
+    bad = invalid_host_names(names)
+    if bad:
+        raise SandboxError(f"inventory {inventory}: not a valid host name: {', '.join(map(repr, bad))} "
+                           "(letters, digits, '-' and '.', at most 63 characters)")
+    if len(names) > max_hosts():
+        raise SandboxError(f"inventory {inventory}: {len(names)} hosts, but the sandbox subnet holds "
+                           f"at most {max_hosts()}")
+
+
+# ---------------------------------------------------------------- state
+
+@contextlib.contextmanager
+def _locked():
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def load_fleets() -> list[Fleet]:
+    fleets = []
+    for path in sorted(FLEETS_DIR.glob("*/fleet.json")):
+        with contextlib.suppress(ValueError, TypeError, OSError):
+            fleets.append(Fleet.from_json(path.read_text()))
+    return fleets
+
+
+def _save(fleet: Fleet) -> None:
+    fleet.directory.mkdir(parents=True, exist_ok=True)
+    tmp = fleet.directory / "fleet.json.tmp"
+    tmp.write_text(fleet.to_json())
+    tmp.replace(fleet.directory / "fleet.json")
+
+
+def _free_index(fleets: list[Fleet], fid: str) -> int:
+    taken = {f.index for f in fleets if f.fid != fid}
+    in_use = _addresses_in_use()
+    for index in range(256):
+        if index not in taken and f"{NET_PREFIX}.{index}.1" not in in_use:
+            return index
+    raise SandboxError("no free sandbox subnet left (256 fleets up?)")
+
+
+def plan_fleet(inventory: Path, names: list[str], suite: str, image: Path) -> Fleet:
+    """The fleet for an inventory: reuses the addresses of an earlier run where names match."""
+    fid = fleet_id(inventory)
+    fleets = load_fleets()
+    previous = next((f for f in fleets if f.fid == fid), None)
+    inv_dir = inventory_dir(inventory)
+    for other in fleets:
+        clash = set(other.hosts) & set(names)
+        if other.fid != fid and other.inventory_dir == inv_dir and clash:
+            raise SandboxError(f"inventory {inventory}: host(s) {', '.join(sorted(clash))} already up from "
+                               f"{other.inventory} in the same directory; bring that one down first")
+    index = previous.index if previous else _free_index(fleets, fid)
+    fleet = Fleet(fid=fid, inventory=str(inventory.resolve()), inventory_dir=inv_dir, index=index,
+                  suite=suite, image=str(image))
+    for position, name in enumerate(names):
+        fleet.hosts[name] = HostState(name=name, address=host_address(index, position),
+                                      machine=machine_name(fid, position))
+    return fleet
+
+
+# ---------------------------------------------------------------- image
+
+def _customize_image(root: Path) -> None:
+    """Make a debootstrapped root bootable as a sandbox host."""
+    (root / "etc/hostname").unlink(missing_ok=True)
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    ssh = root / "root/.ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    (ssh / "authorized_keys").touch(mode=0o600)
+    (root / "etc/ssh/sshd_config.d/sandbox.conf").write_text(
+        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n")
+    (root / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chroot", str(root), "systemctl", "enable", "systemd-networkd.service"],
+                   check=True, capture_output=True)
+    for unit in ("systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+                 "e2scrub_reap.service"):
+        subprocess.run(["chroot", str(root), "systemctl", "mask", unit], check=True, capture_output=True)
+    subprocess.run(["chroot", str(root), "apt-get", "clean"], check=True, capture_output=True)
+
+
+def ensure_image(suite: str, log=print) -> Path:
+    """The cached base root for a suite, built with debootstrap when its recipe changed."""
+    image = CACHE_DIR / "images" / f"{suite}-{image_hash(suite)}"
+    if (image / ".complete").exists():
+        return image
+    image.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{suite}-", dir=image.parent))
+    log(f"Building the {suite} base image (debootstrap, about a minute) in {image}")
+    try:
+        proc = _run(["debootstrap", "--variant=minbase", f"--include={','.join(IMAGE_PACKAGES)}",
+                     suite, str(build), MIRROR], check=False)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+            raise SandboxError(f"debootstrap of {suite} failed (is {MIRROR} reachable?):\n{tail}")
+        _customize_image(build)
+        (build / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        if image.exists():
+            shutil.rmtree(image)
+        build.rename(image)
+    finally:
+        if build.exists():
+            shutil.rmtree(build, ignore_errors=True)
+    return image
+
+
+# ---------------------------------------------------------------- network and proxy
+
+def ensure_bridge(fleet: Fleet) -> None:
+    if not _link_exists(fleet.bridge):
+        _run(["ip", "link", "add", fleet.bridge, "type", "bridge"])
+    addrs = _run(["ip", "-4", "-o", "addr", "show", "dev", fleet.bridge]).stdout
+    if f"inet {fleet.gateway}/24" not in addrs:
+        _run(["ip", "addr", "flush", "dev", fleet.bridge])
+        _run(["ip", "addr", "add", f"{fleet.gateway}/24", "dev", fleet.bridge])
+    _run(["ip", "link", "set", fleet.bridge, "up"])
+
+
+def ensure_proxy(fleet: Fleet) -> None:
+    conf = fleet.directory / "proxy.conf"
+    text = proxy_config(fleet)
+    running = _proxy_pids(conf)
+    if running and conf.exists() and conf.read_text() == text and _port_open(fleet.gateway, PROXY_PORT):
+        return
+    for pid in running:
+        _kill(pid, signal.SIGKILL)
+    conf.write_text(text)
+    tinyproxy = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+    subprocess.Popen([tinyproxy, "-d", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                     stdout=open(fleet.directory / "proxy.out", "ab"), stderr=subprocess.STDOUT,
+                     start_new_session=True, close_fds=True)
+    if not _wait(lambda: _port_open(fleet.gateway, PROXY_PORT), 10):
+        raise SandboxError(f"package proxy did not start on {fleet.proxy_url}; see {fleet.directory / 'proxy.out'}")
+
+
+def _port_open(address: str, port: int, banner: bytes = b"") -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1) as sock:
+            if banner:
+                sock.settimeout(2)
+                return sock.recv(16).startswith(banner)
+            return True
+    except OSError:
+        return False
+
+
+def _wait(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+# ---------------------------------------------------------------- hosts
+
+def ssh_key() -> Path:
+    """The sandbox's SSH key pair (private key path); generated on first use."""
+    key = STATE_DIR / "ssh" / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "celery-fleet-sandbox", "-f", str(key)])
+    return key
+
+
+def _start_host(fleet: Fleet, host: HostState, key: Path) -> None:
+    hdir = fleet.directory / "hosts" / host.name
+    if hdir.exists():
+        shutil.rmtree(hdir)
+    upper = hdir / "upper"
+    upper.mkdir(parents=True)
+    (hdir / "10-host0.network").write_text(network_unit(host.address))
+    cmd = [
+        shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn",
+        "--quiet", "--boot", "--register=no", "--keep-unit", "--console=read-only",
+        f"--machine={host.machine}", f"--hostname={host.name}",
+        f"--directory={fleet.image}", f"--overlay={fleet.image}:{upper}:/",
+        f"--network-bridge={fleet.bridge}",
+        "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+        f"--bind-ro={hdir / '10-host0.network'}:/etc/systemd/network/10-host0.network",
+        f"--bind-ro={fleet.directory / 'etc-hosts'}:/etc/hosts",
+        f"--bind-ro={key}.pub:/root/.ssh/authorized_keys",
+        f"--setenv=SANDBOX_FLEET={fleet.fid}", f"--setenv=SANDBOX_HOST={host.name}",
+    ]
+    subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(hdir / "console.log", "ab"),
+                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+
+def _stop_host(fleet_fid: str, name: str, machine: str, inits: dict, nspawns: dict) -> None:
+    """Kill a host's PID 1 (the kernel ends its whole PID namespace), then reap its nspawn."""
+    pid1 = inits.get((fleet_fid, name))
+    if pid1:
+        _kill(pid1, signal.SIGKILL)
+        _wait(lambda: not Path(f"/proc/{pid1}").exists(), 10)
+    nspawn = nspawns.get(machine)
+    if nspawn and not _wait(lambda: not Path(f"/proc/{nspawn}").exists(), 5):
+        _kill(nspawn, signal.SIGKILL)
+        _wait(lambda: not Path(f"/proc/{nspawn}").exists(), 5)
+    veth = f"vb-{machine}"
+    if _link_exists(veth):
+        _run(["ip", "link", "del", veth], check=False)
+
+
+def _ssh_ready(address: str) -> bool:
+    return _port_open(address, 22, banner=b"SSH-")
+
+
+def up(inventory: Path, suite: str = "bookworm", log=print) -> Fleet:
+    """Bring every host of an inventory up (idempotent: running hosts are left as they are)."""
+    if suite not in SUITES:
+        raise SandboxError(f"suite {suite!r}: expected one of {', '.join(SUITES)}")
+    names = read_inventory(inventory)
+    validate_hosts(inventory, names)
+    for tool in ("systemd-nspawn", "debootstrap", "tinyproxy", "ip", "ssh-keygen"):
+        if not shutil.which(tool):
+            raise SandboxError(f"{tool} not found: run `make setup` (installs the system packages)")
+    image = ensure_image(suite, log)
+    key = ssh_key()
+    with _locked():
+        fleet = plan_fleet(inventory, names, suite, image)
+        old = next((f for f in load_fleets() if f.fid == fleet.fid), None)
+        inits = container_inits()
+        nspawns = nspawn_pids(f"sb{fleet.fid[:6]}-")
+        # Hosts no longer in the inventory, or whose address/machine/image changed, go away first.
+        if old:
+            for name, h in old.hosts.items():
+                new = fleet.hosts.get(name)
+                if new is None or new != h or old.image != fleet.image:
+                    _stop_host(old.fid, name, h.machine, inits, nspawns)
+                    shutil.rmtree(fleet.directory / "hosts" / name, ignore_errors=True)
+                    inits.pop((old.fid, name), None)
+        _save(fleet)
+        (fleet.directory / "hosts").mkdir(parents=True, exist_ok=True)
+        # Bound into every host as /etc/hosts; rewritten in place (same inode) so running hosts see new peers.
+        (fleet.directory / "etc-hosts").write_text(hosts_file(fleet))
+        ensure_bridge(fleet)
+        ensure_proxy(fleet)
+        started = []
+        for name, h in fleet.hosts.items():
+            pid1 = inits.get((fleet.fid, name))
+            if pid1 and h.machine in nspawns:
+                continue
+            _stop_host(fleet.fid, name, h.machine, inits, nspawns)
+            _start_host(fleet, h, key)
+            started.append(h)
+    if started:
+        log(f"Booting {len(started)} host(s): {', '.join(h.name for h in started)}")
+    with ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts))) as pool:
+        ready = dict(zip(fleet.hosts, pool.map(lambda h: _wait(lambda: _ssh_ready(h.address),
+                                                                 SSH_READY_TIMEOUT, 0.1),
+                                                 fleet.hosts.values())))
+    late = [n for n, ok in ready.items() if not ok]
+    if late:
+        raise SandboxError(f"host(s) not reachable over SSH after {SSH_READY_TIMEOUT:.0f} s: {', '.join(late)}; "
+                           f"see {fleet.directory}/hosts/<name>/console.log")
+    return fleet
+
+
+def down(inventory: Path | None = None, everything: bool = False) -> list[str]:
+    """Stop and remove the hosts, bridge and proxy of one inventory's fleet (or of all fleets)."""
+    with _locked():
+        fleets = load_fleets()
+        if not everything:
+            fid = fleet_id(inventory)
+            fleets = [f for f in fleets if f.fid == fid] or [Fleet(fid=fid, inventory=str(inventory), inventory_dir="",
+                                                                   index=-1, suite="", image="")]
+        inits = container_inits()
+        removed = []
+        for fleet in fleets:
+            nspawns = nspawn_pids(f"sb{fleet.fid[:6]}-")
+            names = {n: h.machine for n, h in fleet.hosts.items()}
+            # Leftovers of earlier runs that the state file no longer lists.
+            names.update({n: "" for (f, n) in inits if f == fleet.fid and n not in names})
+            for name, machine in names.items():
+                _stop_host(fleet.fid, name, machine, inits, nspawns)
+            for machine, pid in nspawn_pids(f"sb{fleet.fid[:6]}-").items():
+                _kill(pid, signal.SIGKILL)
+            for pid in _proxy_pids(fleet.directory / "proxy.conf"):
+                _kill(pid, signal.SIGKILL)
+            if _link_exists(fleet.bridge):
+                _run(["ip", "link", "del", fleet.bridge], check=False)
+            shutil.rmtree(fleet.directory, ignore_errors=True)
+            removed.append(fleet.inventory)
+    return removed
+
+
+def status() -> list[dict]:
+    """One row per sandbox host: fleet inventory, name, address, state."""
+    inits = container_inits()
+    rows = []
+    for fleet in load_fleets():
+        nspawns = nspawn_pids(f"sb{fleet.fid[:6]}-")
+        for name, h in fleet.hosts.items():
+            pid1 = inits.get((fleet.fid, name))
+            if pid1 and h.machine in nspawns:
+                state = "running" if _ssh_ready(h.address) else "booting"
+            else:
+                state = "stopped"
+            rows.append({"inventory": os.path.relpath(fleet.inventory, ROOT), "host": name,
+                         "address": h.address, "state": state, "pid1": pid1 or None,
+                         "started": _pid1_start(pid1) if pid1 else None})
+    return rows
+
+
+# ---------------------------------------------------------------- presenter
+
+def _print_status(rows: list[dict]) -> None:
+    if not rows:
+        print("No sandbox hosts.")
+        return
+    width = max(len(r["host"]) for r in rows)
+    for inventory in dict.fromkeys(r["inventory"] for r in rows):
+        print(f"{inventory}:")
+        for r in (r for r in rows if r["inventory"] == inventory):
+            print(f"  {r['host']:<{width}}  {r['address']:<14} {r['state']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="boot one host per inventory host")
+    p_up.add_argument("inventory", nargs="?", default=str(DEFAULT_INVENTORY))
+    p_up.add_argument("--suite", default=os.environ.get("SANDBOX_SUITE", "bookworm"), choices=SUITES)
+    p_down = sub.add_parser("down", help="stop and remove an inventory's hosts")
+    p_down.add_argument("inventory", nargs="?", default=str(DEFAULT_INVENTORY))
+    p_down.add_argument("--all", action="store_true", help="every sandbox fleet")
+    p_status = sub.add_parser("status", help="list hosts, addresses and state")
+    p_status.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if os.geteuid() != 0 and args.command != "status":
+            raise SandboxError("the sandbox needs root (network bridge, containers)")
+        if args.command == "up":
+            started = time.monotonic()
+            fleet = up(Path(args.inventory))
+            print(f"Sandbox up: {len(fleet.hosts)} host(s) for {os.path.relpath(fleet.inventory, ROOT)} "
+                  f"in {time.monotonic() - started:.1f} s")
+            _print_status([r for r in status() if r["inventory"] == os.path.relpath(fleet.inventory, ROOT)])
+        elif args.command == "down":
+            removed = down(Path(args.inventory), everything=args.all)
+            print(f"Sandbox down: {', '.join(os.path.relpath(r, ROOT) for r in removed) or 'nothing was up'}")
+        else:
+            rows = status()
+            print(json.dumps(rows, indent=2)) if args.json else _print_status(rows)
+    except SandboxError as exc:
+        print(f"sandbox: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the controller's system packages (Debian/Ubuntu) when any is missing.
+set -euo pipefail
+packages=(systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: system packages missing (${missing[*]}); run as root or install them with apt-get" >&2
+  exit 2
+fi
+echo "Installing system packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# policy-rc.d keeps package installs from starting services (rabbitmq, tinyproxy) on the controller.
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+systemctl disable --now tinyproxy >/dev/null 2>&1 || true
