@@ -9,6 +9,12 @@ from pathlib import Path
 from ansible.inventory.host import Host
 from ansible.plugins.vars import BaseVarsPlugin
 
+try:  # ansible-core >= 2.19 tags plugin strings untrusted; ours are plain addresses and paths.
+    from ansible.template import trust_as_template as _trusted
+except ImportError:  # pragma: no cover - older ansible-core
+    def _trusted(value):
+        return value
+
 DOCUMENTATION = """
     name: sandbox
     short_description: Variables that reach hosts of the local sandbox fleet
@@ -38,7 +44,7 @@ def _fleets() -> list[dict]:
 def _host_vars(fleet: dict, host: dict) -> dict:
     gateway = host["address"].rsplit(".", 1)[0] + ".1"
     ca_bundle = next((p for p in _CA_BUNDLES if os.path.isfile(p)), "")
-    return {
+    values = {
         "ansible_host": host["address"],
         "ansible_user": "root",
         "ansible_port": 22,
@@ -49,6 +55,7 @@ def _host_vars(fleet: dict, host: dict) -> dict:
         "fleet_ca_bundle": ca_bundle,
         "sandbox_fleet": fleet["fid"],
     }
+    return {k: _trusted(v) if isinstance(v, str) else v for k, v in values.items()}
 
 
 class VarsModule(BaseVarsPlugin):

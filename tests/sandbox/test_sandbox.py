@@ -1,0 +1,138 @@
+"""The sandbox fleet: any inventory becomes real systemd hosts reached over SSH."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import sandbox
+from conftest import ROOT, make
+
+SANDBOX_INVENTORY = ROOT / "tests" / "inventories" / "four-hosts" / "hosts.ini"
+HOSTS = ["mq1", "node-a", "node-b", "watch1"]
+
+
+def _fleet() -> sandbox.Fleet:
+    fid = sandbox.fleet_id(SANDBOX_INVENTORY)
+    return next(f for f in sandbox.load_fleets() if f.fid == fid)
+
+
+def _settled_state(host) -> str:
+    """`systemctl is-system-running` once boot has finished (bounded wait, no timing assert)."""
+    deadline = time.monotonic() + 60
+    while True:
+        state = host.run("systemctl is-system-running").stdout.strip()
+        if state not in ("starting", "initializing") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
+def _kernel_leftovers(fid: str, pid_namespaces: set[str]) -> list[str]:
+    """Everything of a fleet the kernel still holds: processes, links, mounts, proxy."""
+    left = []
+    for pid in sandbox._pids():
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/pid")
+        except OSError:
+            continue
+        if ns in pid_namespaces:
+            left.append(f"process {pid} in a sandbox PID namespace")
+    links = os.listdir("/sys/class/net")
+    left += [f"link {link}" for link in links if link == f"sbr{fid}" or link.startswith(f"vb-sb{fid[:6]}")]
+    mounts = Path("/proc/mounts").read_text()
+    left += [f"mount {line}" for line in mounts.splitlines() if str(ROOT / ".sandbox") in line]
+    left += [f"nspawn {pid}" for pid in sandbox.nspawn_pids(f"sb{fid[:6]}-").values()]
+    left += [f"proxy {pid}" for pid in sandbox._proxy_pids(sandbox.FLEETS_DIR / fid / "proxy.conf")]
+    return left
+
+
+def test_every_host_runs_systemd_under_its_inventory_name(sandbox_fleet):
+    for name in HOSTS:
+        host = sandbox_fleet.host(name)
+        assert host.run("cat /proc/1/comm").stdout.strip() == "systemd"
+        assert _settled_state(host) in ("running", "degraded")
+        assert host.run("hostname").stdout.strip() == name
+        assert host.exists("python3") and host.service("ssh").is_running
+
+
+def test_plain_ansible_reaches_every_host_with_no_extra_settings(sandbox_fleet):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    proc = subprocess.run([str(ROOT / ".venv/bin/ansible"), "all", "-i", str(SANDBOX_INVENTORY),
+                           "-m", "ansible.builtin.ping"], cwd=ROOT, env=env, text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in HOSTS:
+        assert f"{name} | SUCCESS" in proc.stdout
+
+
+def test_hosts_have_no_route_out_but_reach_the_package_proxy(sandbox_fleet):
+    fleet = _fleet()
+    host = sandbox_fleet.host("node-a")
+    assert "default" not in host.run("ip route").stdout
+    probe = (f"python3 -c \"import socket; socket.create_connection(('{fleet.gateway}', "
+             f"{sandbox.PROXY_PORT}), timeout=3)\"")
+    assert host.run(probe).rc == 0
+    assert host.run("getent hosts mq1").stdout.split()[0] == fleet.hosts["mq1"].address
+
+
+def test_second_sandbox_up_reboots_no_host(sandbox_fleet):
+    before = {name: (row["pid1"], row["started"]) for name, row in sandbox_fleet.hosts().items()}
+    make("sandbox-up", f"INVENTORY={SANDBOX_INVENTORY}")
+    after = {name: (row["pid1"], row["started"]) for name, row in sandbox_fleet.hosts().items()}
+    assert sorted(before) == HOSTS
+    assert after == before
+
+
+def test_sandbox_up_replaces_a_host_whose_container_died(sandbox_fleet):
+    fleet = _fleet()
+    inits = sandbox.container_inits()
+    victim = inits[(fleet.fid, "watch1")]
+    os.kill(victim, signal.SIGKILL)
+    make("sandbox-up", f"INVENTORY={SANDBOX_INVENTORY}")
+    rows = sandbox_fleet.hosts()
+    assert all(row["state"] == "running" for row in rows.values())
+    assert rows["watch1"]["pid1"] != victim
+    assert sandbox_fleet.host("watch1").run("hostname").stdout.strip() == "watch1"
+
+
+def test_sandbox_down_after_an_interrupted_run_leaves_nothing(sandbox_fleet):
+    fleet = _fleet()
+    inits = {k: v for k, v in sandbox.container_inits().items() if k[0] == fleet.fid}
+    namespaces = {os.readlink(f"/proc/{pid}/ns/pid") for pid in inits.values()}
+    assert len(namespaces) == len(HOSTS)
+    # An interrupted run: nspawn killed hard, its containers orphaned but still running.
+    for pid in sandbox.nspawn_pids(f"sb{fleet.fid[:6]}-").values():
+        os.kill(pid, signal.SIGKILL)
+    make("sandbox-down", f"INVENTORY={SANDBOX_INVENTORY}")
+    assert _kernel_leftovers(fleet.fid, namespaces) == []
+    assert not (sandbox.FLEETS_DIR / fleet.fid).exists()
+    assert not sandbox_fleet.hosts()
+
+
+def _refused(inventory: Path, message: str) -> None:
+    links_before = set(os.listdir("/sys/class/net"))
+    proc = make("sandbox-up", f"INVENTORY={inventory}", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert set(os.listdir("/sys/class/net")) == links_before
+    fid = sandbox.fleet_id(inventory)
+    assert not (sandbox.FLEETS_DIR / fid).exists()
+    assert not sandbox.nspawn_pids(f"sb{fid[:6]}-")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("all:\n  hosts:\n    [unclosed\n", "does not parse"),
+    ("[workers]\nworker_1\n", "not a valid host name: 'worker_1'"),
+    ("[workers]\n" + "".join(f"w{i}\n" for i in range(300)), "300 hosts, but the sandbox subnet holds at most 253"),
+], ids=["unparsable", "bad-host-name", "too-many-hosts"])
+def test_bad_inventory_is_refused_and_starts_nothing(tmp_path, text, message):
+    inventory = tmp_path / ("hosts.yml" if text.startswith("all:") else "hosts.ini")
+    inventory.write_text(text)
+    _refused(inventory, message)
+
+
+def test_missing_inventory_is_refused_and_starts_nothing(tmp_path):
+    _refused(tmp_path / "nope.yml", "no such file")
