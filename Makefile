@@ -12,23 +12,21 @@ ARGS ?=
 TIMEOUT ?= 10
 FORMAT ?= text
 PYTEST_ARGS ?=
+BENCH ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_STAMP := .sandbox/.system-packages
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ARGS
 
 .PHONY: help
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 .PHONY: setup
-setup: $(STAMP) $(SYSTEM_STAMP) ## Install system packages and the controller environment (.venv)
-
-$(SYSTEM_STAMP): scripts/system-packages.sh
+setup: $(STAMP) ## Install system packages and the controller environment (.venv)
 	@scripts/system-packages.sh
-	@mkdir -p $(@D) && touch $@
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +49,11 @@ sandbox-status: ## List sandbox hosts, addresses and state
 deploy: setup ## Deploy the fleet [INVENTORY=path] [LIMIT=hosts] [CHECK=1]
 	@INVENTORY=$(INVENTORY) LIMIT=$(LIMIT) CHECK=$(CHECK) scripts/deploy.sh
 
+.PHONY: broadcast
+broadcast: setup ## Run a maintenance task on every node: TASK=name [ARGS=json] [TIMEOUT=s] [FORMAT=json]
+	@$(BIN)/python scripts/broadcast.py --inventory "$(INVENTORY)" --task "$(TASK)" --args "$$ARGS" \
+		--timeout "$(TIMEOUT)" --format "$(FORMAT)"
+
 .PHONY: lint
 lint: setup ## Run ansible-lint (production profile) and yamllint
 	$(BIN)/yamllint -s .
@@ -62,8 +65,8 @@ test: setup ## Run the whole test suite (lint, unit, sandbox fleet)
 	$(BIN)/pytest $(PYTEST_ARGS) tests
 
 .PHONY: bench
-bench: setup ## Print benchmark figures (sandbox boot, deploy)
-	$(BIN)/python scripts/bench.py
+bench: setup ## Print benchmark figures [BENCH="sandbox deploy"]
+	$(BIN)/python scripts/bench.py $(BENCH)
 
 .PHONY: clean
 clean: ## Remove the controller environment (the sandbox stays; see sandbox-down)
