@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -167,15 +166,6 @@ def image_hash(suite: str) -> str:
     import inspect
     recipe = [IMAGE_RECIPE_VERSION, suite, MIRROR, IMAGE_PACKAGES, inspect.getsource(_customize_image)]
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
-
-
-def ca_bundle() -> str:
-    """The controller's CA bundle that pip on the hosts needs through the proxy."""
-    for candidate in (ssl.get_default_verify_paths().cafile, "/etc/ssl/certs/ca-certificates.crt",
-                      "/etc/pki/tls/certs/ca-bundle.crt"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return ""
 
 
 # ---------------------------------------------------------------- system probes
@@ -614,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SandboxError("the sandbox needs root (network bridge, containers)")
         if args.command == "up":
             started = time.monotonic()
-            fleet = up(Path(args.inventory))
+            fleet = up(Path(args.inventory), args.suite)
             print(f"Sandbox up: {len(fleet.hosts)} host(s) for {os.path.relpath(fleet.inventory, ROOT)} "
                   f"in {time.monotonic() - started:.1f} s")
             _print_status([r for r in status() if r["inventory"] == os.path.relpath(fleet.inventory, ROOT)])
