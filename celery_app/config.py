@@ -1,0 +1,79 @@
+"""Celery configuration of the fleet app; values from celery_app.settings (environment, then /etc/conf.d/celery)."""
+from kombu import Exchange as _Exchange
+from kombu import Queue as _Queue
+
+from celery_app.broadcast import broadcast_queue as _broadcast_queue
+from celery_app.settings import load_settings as _load_settings
+
+_settings = _load_settings()
+
+
+def _queue(name):
+    return _Queue(name, _Exchange(name), routing_key=name)
+
+
+broker_url = _settings.broker_url
+result_backend = _settings.result_backend
+include = [
+    "celery_app.tasks.examples",
+    "celery_app.tasks.heartbeat",
+    "celery_app.tasks.maintenance",
+]
+
+# Serialization: JSON only; pickle would let anyone who can publish run code on the workers.
+accept_content = ["json"]
+result_accept_content = ["json"]
+task_serializer = "json"
+result_serializer = "json"
+timezone = "UTC"
+enable_utc = True
+
+# Acknowledgement: early by default (at most once); IdempotentTask opts into late acks per task.
+task_acks_late = False
+task_reject_on_worker_lost = False
+# One message reserved per process: slower on tiny tasks, but nothing waits behind a long task.
+worker_prefetch_multiplier = 1
+# Publisher confirms: each publish waits for the broker's ack, so a sent task is never silently lost.
+broker_transport_options = {"confirm_publish": True}
+# AMQP heartbeats: a dead broker connection is noticed within about a minute.
+broker_heartbeat = 30
+# On connection loss, cancel running late-ack tasks: they are redelivered anyway, so no double runs.
+worker_cancel_long_running_tasks_on_connection_loss = True
+# Keep retrying the broker at startup (the broker may boot after the workers).
+broker_connection_retry_on_startup = True
+
+# Routing. Named queues bind to a direct exchange of the same name; queues named only in the
+# inventory (-Q) are created the same way. Broadcast queues: see celery_app/broadcast.py.
+fleet_broadcast_queues = list(_settings.broadcast_queues)
+task_default_queue = "celery"
+task_queues = [
+    _queue("celery"),
+    _queue("calc"),
+    _queue("reports"),
+    *(_broadcast_queue(name) for name in fleet_broadcast_queues),
+]
+task_routes = {
+    "celery_app.tasks.examples.add": {"queue": "calc"},
+    "celery_app.tasks.examples.mul": {"queue": "calc"},
+    "celery_app.tasks.examples.xsum": {"queue": "calc"},
+    "celery_app.tasks.examples.report": {"queue": "reports"},
+    "celery_app.tasks.examples.whoami": {"queue": "celery"},
+    "celery_app.tasks.heartbeat.heartbeat": {"queue": "celery"},
+    # Every maintenance task goes to the first broadcast queue, so every node runs it.
+    "celery_app.tasks.maintenance.*": {"queue": fleet_broadcast_queues[0]},
+}
+
+# Beat (one host, see celery_beat in the inventory): the heartbeat every 30 s. A heartbeat older
+# than its period is dropped, not run late, and its result is not kept (the file is the record).
+beat_schedule = {
+    "heartbeat": {
+        "task": "celery_app.tasks.heartbeat.heartbeat",
+        "schedule": 30.0,
+        "options": {"expires": 25, "ignore_result": True},
+    },
+}
+
+# Where tasks keep state on the host that runs them (see celery_app/README.md).
+fleet_state_dir = str(_settings.state_dir)
+fleet_heartbeat_file = str(_settings.heartbeat_file)
+fleet_log_dir = str(_settings.log_dir)

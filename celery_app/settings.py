@@ -1,0 +1,150 @@
+"""Fleet settings from the environment, falling back to the systemd env file /etc/conf.d/celery."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ENV_FILE = "/etc/conf.d/celery"
+
+# Every variable the application reads, with its default (documented in celery_app/README.md).
+DEFAULTS: Mapping[str, str] = {
+    "CELERY_BROKER_URL": "amqp://guest:guest@localhost:5672//",
+    "CELERY_RESULT_BACKEND": "rpc://",
+    "CELERY_BROADCAST_QUEUES": "broadcast",
+    "CELERY_STATE_DIR": "/var/lib/celery",
+    "CELERY_HEARTBEAT_FILE": "/var/lib/celery/heartbeat",
+    "CELERY_LOG_DIR": "/var/log/celery",
+}
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_DOUBLE_QUOTE_ESCAPES = '"\\`$'
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the app needs from the deployment; see DEFAULTS for the variables behind each field."""
+
+    broker_url: str
+    result_backend: str
+    broadcast_queues: tuple[str, ...]
+    state_dir: Path
+    heartbeat_file: Path
+    log_dir: Path
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Parse systemd EnvironmentFile text (KEY=VALUE, quotes, escapes, #/; comments); bad lines are skipped."""
+    values: dict[str, str] = {}
+    state, key, value, trailing_ws = "pre_key", "", "", 0
+
+    def push() -> None:
+        name = key.rstrip()
+        if _KEY.match(name):
+            values[name] = value[: len(value) - trailing_ws] if trailing_ws else value
+
+    for char in text + "\n":
+        if state == "pre_key":
+            if char in "#;":
+                state = "comment"
+            elif not char.isspace():
+                state, key, value, trailing_ws = "key", char, "", 0
+        elif state == "key":
+            if char == "\n":
+                state = "pre_key"  # a line without "=" is ignored, as systemd does
+            elif char == "=":
+                state = "pre_value"
+            else:
+                key += char
+        elif state == "pre_value":
+            if char == "\n":
+                push()
+                state = "pre_key"
+            elif char == "'":
+                state = "single"
+            elif char == '"':
+                state = "double"
+            elif char == "\\":
+                state = "value_escape"
+            elif not char.isspace():
+                state, value, trailing_ws = "value", value + char, 0
+        elif state == "value":
+            if char == "\n":
+                push()
+                state = "pre_key"
+            elif char == "\\":
+                state, trailing_ws = "value_escape", 0
+            else:
+                value += char
+                trailing_ws = trailing_ws + 1 if char.isspace() else 0
+        elif state == "value_escape":
+            state = "value"
+            if char != "\n":  # backslash-newline continues the line
+                value += char
+        elif state == "single":
+            if char == "'":
+                state, trailing_ws = "pre_value", 0
+            else:
+                value += char
+        elif state == "double":
+            if char == '"':
+                state, trailing_ws = "pre_value", 0
+            elif char == "\\":
+                state = "double_escape"
+            else:
+                value += char
+        elif state == "double_escape":
+            state = "double"
+            if char in _DOUBLE_QUOTE_ESCAPES:
+                value += char
+            elif char != "\n":
+                value += "\\" + char
+        elif state == "comment":
+            if char == "\\":
+                state = "comment_escape"
+            elif char == "\n":
+                state = "pre_key"
+        elif state == "comment_escape":
+            state = "comment"
+    return values
+
+
+def read_env_file(path: str | os.PathLike) -> dict[str, str]:
+    """Values of the env file at path; a missing or unreadable file yields no values."""
+    try:
+        return parse_env_file(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return {}
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """Items of a comma-separated list, stripped, empty items dropped."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def settings_from(environ: Mapping[str, str], file_values: Mapping[str, str]) -> Settings:
+    """Settings from the environment first, then the env file's values, then DEFAULTS."""
+
+    def get(name: str) -> str:
+        for source in (environ, file_values):
+            if source.get(name, "").strip():
+                return source[name].strip()
+        return DEFAULTS[name]
+
+    return Settings(
+        broker_url=get("CELERY_BROKER_URL"),
+        result_backend=get("CELERY_RESULT_BACKEND"),
+        broadcast_queues=split_list(get("CELERY_BROADCAST_QUEUES")) or split_list(DEFAULTS["CELERY_BROADCAST_QUEUES"]),
+        state_dir=Path(get("CELERY_STATE_DIR")),
+        heartbeat_file=Path(get("CELERY_HEARTBEAT_FILE")),
+        log_dir=Path(get("CELERY_LOG_DIR")),
+    )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings of this process: its environment plus the env file named by CELERY_ENV_FILE."""
+    environ = os.environ if environ is None else environ
+    env_file = environ.get("CELERY_ENV_FILE") or DEFAULT_ENV_FILE
+    return settings_from(environ, read_env_file(env_file))

@@ -1,0 +1,1 @@
+"""Task modules grouped by concern: examples, heartbeat, maintenance."""

@@ -1,0 +1,280 @@
+"""The fleet an Ansible inventory describes (hosts, Celery nodes, beat host, broadcast queues, broker URL).
+
+API (shared by scripts/broadcast.py, Fabric health checks and rolling restarts):
+
+- ``load_fleet(inventory)`` -> ``Fleet``: runs ``ansible-inventory --list`` from the repository root
+  (ANSIBLE_CONFIG=ansible.cfg) and resolves the broker URL; raises ``FleetError``.
+- ``parse_inventory(data)`` -> ``Fleet``: the pure part, from the ``--list`` JSON (no broker URL).
+- ``Fleet.workers`` / ``Fleet.nodes`` / ``Fleet.node_names`` / ``Fleet.host(name)`` / ``Fleet.beat``.
+- ``broker_url(address, password)`` and ``redact(text)`` (hide passwords in URLs before printing).
+
+Defaults follow docs/CONVENTIONS.md: ``celery_worker_nodes`` defaults to one node
+``{name: celery, queues: [celery], concurrency: 2}`` (a node entry's missing queues/concurrency take
+those values too), ``celery_broadcast_queues`` to ``[broadcast]``. The broker URL is
+``amqp://celery:<password>@<rabbitmq host's ansible_host or name>:5672/celery`` with the password from
+``.secrets/<inventory directory name>/rabbitmq-celery-password``; CELERY_BROKER_URL in the environment
+overrides it (tests). ``Fleet.broker_url`` is None when neither is available, and never in ``repr``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SECRETS_ROOT = REPO_ROOT / ".secrets"
+PASSWORD_FILE = "rabbitmq-celery-password"
+BROKER_USER = "celery"
+BROKER_VHOST = "celery"
+BROKER_PORT = 5672
+DEFAULT_NODE = {"name": "celery", "queues": ["celery"], "concurrency": 2}
+DEFAULT_BROADCAST_QUEUES = ("broadcast",)
+WORKERS_GROUP, BEAT_GROUP, BROKER_GROUP = "celery_workers", "celery_beat", "rabbitmq"
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<tail>@)", re.IGNORECASE)
+_UNSAFE = "__ansible_unsafe"
+
+
+class FleetError(Exception):
+    """The inventory cannot be read or breaks the fleet contract."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One ``celery multi`` node of a host."""
+
+    name: str
+    host: str
+    queues: tuple[str, ...]
+    concurrency: int
+
+    @property
+    def full_name(self) -> str:
+        """``<name>@<inventory_hostname>``, the node's Celery name."""
+        return f"{self.name}@{self.host}"
+
+
+@dataclass(frozen=True)
+class Host:
+    """An inventory host: its address, groups and (worker hosts only) Celery nodes."""
+
+    name: str
+    address: str
+    groups: tuple[str, ...]
+    nodes: tuple[Node, ...] = ()
+
+    @property
+    def is_worker(self) -> bool:
+        return WORKERS_GROUP in self.groups
+
+    @property
+    def is_beat(self) -> bool:
+        return BEAT_GROUP in self.groups
+
+    @property
+    def is_broker(self) -> bool:
+        return BROKER_GROUP in self.groups
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Hosts of an inventory and the fleet-wide settings."""
+
+    hosts: tuple[Host, ...]
+    beat_host: str | None
+    broker_host: str | None
+    broadcast_queues: tuple[str, ...] = DEFAULT_BROADCAST_QUEUES
+    broker_url: str | None = field(default=None, repr=False, compare=False)
+
+    def host(self, name: str) -> Host:
+        """The host called name (KeyError if none)."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    @property
+    def workers(self) -> tuple[Host, ...]:
+        """Hosts in group celery_workers, in inventory order."""
+        return tuple(host for host in self.hosts if host.is_worker)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """Every Celery node of the fleet."""
+        return tuple(node for host in self.workers for node in host.nodes)
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        """Full names of every Celery node."""
+        return tuple(node.full_name for node in self.nodes)
+
+    @property
+    def beat(self) -> Host | None:
+        """The beat host, if the inventory has one."""
+        return self.host(self.beat_host) if self.beat_host else None
+
+    @property
+    def broker_address(self) -> str | None:
+        """Address of the rabbitmq host."""
+        return self.host(self.broker_host).address if self.broker_host else None
+
+
+def unwrap(value: Any) -> Any:
+    """value with ansible-inventory's ``{"__ansible_unsafe": x}`` markers replaced by x."""
+    if isinstance(value, dict):
+        if set(value) == {_UNSAFE}:
+            return unwrap(value[_UNSAFE])
+        return {key: unwrap(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unwrap(item) for item in value]
+    return value
+
+
+def _group_members(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Group name -> hosts in it directly or through child groups, in inventory order."""
+    members: dict[str, list[str]] = {}
+
+    def walk(group: str, seen: frozenset[str]) -> list[str]:
+        if group in members:
+            return members[group]
+        entry = data.get(group) or {}
+        hosts = list(entry.get("hosts") or [])
+        for child in entry.get("children") or []:
+            if child not in seen:
+                hosts += [host for host in walk(child, seen | {group}) if host not in hosts]
+        members[group] = hosts
+        return hosts
+
+    for group in data:
+        if group != "_meta":
+            walk(group, frozenset())
+    return members
+
+
+def _nodes(host: str, hostvars: Mapping[str, Any]) -> tuple[Node, ...]:
+    entries = hostvars.get("celery_worker_nodes")
+    if entries is None:
+        entries = [DEFAULT_NODE]
+    if not isinstance(entries, list) or not entries:
+        raise FleetError(f"{host}: celery_worker_nodes must be a non-empty list")
+    nodes = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise FleetError(f"{host}: every celery_worker_nodes entry needs a name")
+        queues = entry.get("queues", DEFAULT_NODE["queues"])
+        concurrency = entry.get("concurrency", DEFAULT_NODE["concurrency"])
+        if not isinstance(queues, list) or not queues or not all(isinstance(q, str) and q for q in queues):
+            raise FleetError(f"{host}: celery_worker_nodes {entry['name']}: queues must be a non-empty list of names")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise FleetError(f"{host}: celery_worker_nodes {entry['name']}: concurrency must be a positive integer")
+        nodes.append(Node(entry["name"], host, tuple(queues), concurrency))
+    names = [node.name for node in nodes]
+    if len(set(names)) != len(names):
+        raise FleetError(f"{host}: celery_worker_nodes names must be unique")
+    return tuple(nodes)
+
+
+def _broadcast_queues(workers: list[str], hostvars: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    found = {tuple(hostvars.get(host, {}).get("celery_broadcast_queues", DEFAULT_BROADCAST_QUEUES)) for host in workers}
+    if len(found) > 1:
+        raise FleetError("celery_workers hosts disagree on celery_broadcast_queues")
+    queues = found.pop() if found else DEFAULT_BROADCAST_QUEUES
+    if not queues or not all(isinstance(q, str) and q for q in queues):
+        raise FleetError("celery_broadcast_queues must be a non-empty list of names")
+    return queues
+
+
+def parse_inventory(data: Mapping[str, Any]) -> Fleet:
+    """The Fleet described by ``ansible-inventory --list`` output (already JSON-decoded)."""
+    data = unwrap(dict(data))
+    hostvars: dict[str, dict[str, Any]] = (data.get("_meta") or {}).get("hostvars") or {}
+    members = _group_members(data)
+    order: list[str] = []
+    for group in ["all", *members]:
+        order += [host for host in members.get(group, []) if host not in order]
+    order += [host for host in hostvars if host not in order]
+    groups_of = {host: tuple(g for g in members if g != "all" and host in members[g]) for host in order}
+
+    beat = members.get(BEAT_GROUP, [])
+    if len(beat) > 1:
+        raise FleetError(f"{BEAT_GROUP} must hold exactly one host (has {', '.join(beat)})")
+    workers = members.get(WORKERS_GROUP, [])
+    hosts = tuple(
+        Host(
+            name=host,
+            address=str(hostvars.get(host, {}).get("ansible_host") or host),
+            groups=groups_of[host],
+            nodes=_nodes(host, hostvars.get(host, {})) if host in workers else (),
+        )
+        for host in order
+    )
+    brokers = members.get(BROKER_GROUP, [])
+    return Fleet(
+        hosts=hosts,
+        beat_host=beat[0] if beat else None,
+        broker_host=brokers[0] if brokers else None,
+        broadcast_queues=_broadcast_queues(workers, hostvars),
+    )
+
+
+def broker_url(address: str, password: str) -> str:
+    """The fleet's AMQP URL for the celery user at address."""
+    host = f"[{address}]" if ":" in address else address
+    return f"amqp://{BROKER_USER}:{quote(password, safe='')}@{host}:{BROKER_PORT}/{BROKER_VHOST}"
+
+
+def redact(text: str) -> str:
+    """text with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", text)
+
+
+def secrets_dir(inventory: str | os.PathLike, root: Path = SECRETS_ROOT) -> Path:
+    """``.secrets/<basename of the inventory directory>`` for an inventory file or directory."""
+    path = Path(inventory).resolve()
+    return root / (path if path.is_dir() else path.parent).name
+
+
+def read_password(inventory: str | os.PathLike, root: Path = SECRETS_ROOT) -> str | None:
+    """The broker password generated for inventory, or None when there is none yet."""
+    try:
+        return (secrets_dir(inventory, root) / PASSWORD_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def run_ansible_inventory(inventory: str | os.PathLike, timeout: float = 120) -> dict[str, Any]:
+    """``ansible-inventory -i inventory --list``, decoded; run from the repository root."""
+    binary = REPO_ROOT / ".venv" / "bin" / "ansible-inventory"
+    command = [str(binary) if binary.exists() else "ansible-inventory", "-i", str(Path(inventory).resolve()), "--list"]
+    # An inventory ansible cannot parse is an error, not an empty fleet.
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"), "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True"}
+    if not Path(inventory).exists():
+        raise FleetError(f"inventory not found: {inventory}")
+    try:
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FleetError(f"ansible-inventory failed: {exc}") from None
+    if done.returncode != 0:
+        raise FleetError(f"ansible-inventory failed: {redact(done.stderr.strip()[-2000:])}")
+    try:
+        return json.loads(done.stdout)
+    except ValueError as exc:
+        raise FleetError(f"ansible-inventory printed no JSON: {exc}") from None
+
+
+def load_fleet(
+    inventory: str | os.PathLike, *, environ: Mapping[str, str] | None = None, secrets_root: Path = SECRETS_ROOT,
+) -> Fleet:
+    """The Fleet of inventory, with its broker URL (CELERY_BROKER_URL overrides the secrets file)."""
+    environ = os.environ if environ is None else environ
+    fleet = parse_inventory(run_ansible_inventory(inventory))
+    url = environ.get("CELERY_BROKER_URL") or None
+    if url is None and fleet.broker_address:
+        password = read_password(inventory, secrets_root)
+        url = broker_url(fleet.broker_address, password) if password else None
+    return Fleet(fleet.hosts, fleet.beat_host, fleet.broker_host, fleet.broadcast_queues, url)

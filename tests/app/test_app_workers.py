@@ -1,0 +1,78 @@
+"""Real worker nodes on the test vhost: routing, broadcast queues, heartbeat, pickle refused."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import BROADCAST_QUEUES, REPO
+
+RESULT_WITHIN = 30  # seconds; a guard against hanging, not a speed assertion
+
+
+def _received(node, task_id: str) -> bool:
+    return f"[{task_id}] received" in node.log()
+
+
+def test_task_routed_to_calc_runs_only_on_the_node_bound_to_calc(app, workers):
+    from celery_app.tasks.examples import add
+
+    result = add.delay(2, 3)
+    assert result.get(timeout=RESULT_WITHIN) == 5
+    ran_on = [name for name, node in workers.items() if _received(node, result.id)]
+    assert ran_on == ["calc@host-a"]
+
+
+def test_explicit_queue_decides_which_node_runs_whoami(app, workers):
+    from celery_app.tasks.examples import whoami
+
+    for queue, node in [("calc", "calc@host-a"), ("reports", "reports@host-a"), ("celery", "celery@host-b")]:
+        assert whoami.apply_async(queue=queue).get(timeout=RESULT_WITHIN)["node"] == node
+    assert whoami.delay().get(timeout=RESULT_WITHIN)["node"] == "celery@host-b"  # default queue
+
+
+def test_every_node_binds_each_broadcast_queue_to_a_fanout_exchange_of_that_name(app, workers):
+    active = app.control.inspect(destination=list(workers), timeout=5).active_queues()
+    assert set(active) == set(workers)
+    for node, queues in active.items():
+        for name in BROADCAST_QUEUES:
+            [queue] = [q for q in queues if q.get("alias") == name]
+            assert queue["exchange"]["name"] == name and queue["exchange"]["type"] == "fanout"
+            assert queue["name"] == f"{name}.{node}" and queue["durable"] and not queue["auto_delete"]
+
+
+def test_heartbeat_writes_its_time_on_the_host_that_ran_it(app, workers):
+    from celery_app.tasks.heartbeat import heartbeat, parse_heartbeat
+
+    record = heartbeat.delay().get(timeout=RESULT_WITHIN)
+    node = workers[record["node"]]
+    written = parse_heartbeat(node.dirs.heartbeat.read_text())
+    assert written == record and record["node"] == "celery@host-b"
+
+
+def test_pickle_message_is_rejected_and_not_executed(app, workers):
+    from celery_app.tasks.examples import whoami
+    from celery_app.tasks.heartbeat import heartbeat
+
+    node = workers["celery@host-b"]
+    before = node.dirs.heartbeat.read_text() if node.dirs.heartbeat.exists() else None
+    heartbeat.apply_async(serializer="pickle", queue="celery")
+    # The queue is FIFO and this node its only consumer: once whoami ran, the pickle message was handled.
+    assert whoami.apply_async(queue="celery").get(timeout=RESULT_WITHIN)["node"] == node.full_name
+    after = node.dirs.heartbeat.read_text() if node.dirs.heartbeat.exists() else None
+    assert after == before  # the heartbeat never ran
+    assert "Refusing to deserialize untrusted content of type pickle" in node.log()
+
+
+def test_inspect_ping_works_with_only_the_env_file(app, workers, broker_url, tmp_path):
+    env_file = tmp_path / "celery"
+    env_file.write_text(f'CELERY_APP=celery_app\nCELERY_BROKER_URL="{broker_url}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+    env.update(CELERY_ENV_FILE=str(env_file), PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "inspect", "ping", "-j", "-d", "celery@host-b"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"celery@host-b": {"ok": "pong"}}
