@@ -80,13 +80,15 @@ def is_broadcast(queue: Any) -> bool:
 
 def reply(
     *, task_id: str, task: str, node: str, status: str,
-    result: Any = None, error: str | None = None, traceback: str | None = None,
+    result: Any = None, error: str | None = None, traceback: str | None = None, runtime: float | None = None,
 ) -> dict[str, Any]:
     """The answer of one execution; status is ok, failed or skipped."""
     answer = {
         "task_id": task_id, "task": task, "node": node, "hostname": socket.gethostname(),
         "pid": os.getpid(), "status": status, "finished_at": time.time(),
     }
+    if runtime is not None:
+        answer["runtime"] = round(runtime, 6)
     if result is not None:
         try:
             json.dumps(result)
@@ -232,14 +234,16 @@ class BroadcastTask(IdempotentTask):
             logger.info("%s[%s] not run: %s", self.name, request.id, claim.reason)
             self._send_reply(reply(**base, status="skipped", result={"reason": claim.reason}))
             raise Ignore()
+        started = time.monotonic()
         try:
             result = super().__call__(*args, **kwargs)
         except Exception as exc:
             if ledger:
                 ledger.done(request.id)
-            self._send_reply(reply(**base, status="failed", error=describe_error(exc), traceback=_tb.format_exc()))
+            self._send_reply(reply(**base, status="failed", error=describe_error(exc), traceback=_tb.format_exc(),
+                                   runtime=time.monotonic() - started))
             raise
         if ledger:
             ledger.done(request.id)
-        self._send_reply(reply(**base, status="ok", result=result))
+        self._send_reply(reply(**base, status="ok", result=result, runtime=time.monotonic() - started))
         return result

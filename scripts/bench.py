@@ -85,7 +85,41 @@ def bench_deploy() -> list[tuple[str, str]]:
     return rows
 
 
-BENCHES = {"sandbox": bench_sandbox, "deploy": bench_deploy}
+def bench_broadcast(runs: int = 5) -> list[tuple[str, str]]:
+    """Broadcast round trip of host_report on the deployed sandbox fleet (deploys it first)."""
+    import statistics
+
+    import broadcast
+    import fleet as fleet_model
+
+    _timed(["make", "--no-print-directory", "deploy"])
+    sys.path.insert(0, str(ROOT))
+    from celery_app.app import app
+
+    fleet = fleet_model.load_fleet(sandbox.DEFAULT_INVENTORY)
+    last, runtime, tail = [], [], []
+    for _ in range(runs):
+        started = time.monotonic()
+        outcome = broadcast.broadcast(app, fleet.broker_url, fleet.broadcast_queues[0], "host_report", [], {},
+                                      expected=fleet.node_names, timeout=10, expires=60)
+        returned = time.monotonic() - started
+        if not outcome.ok:
+            raise SystemExit(f"bench: broadcast incomplete: missing {outcome.missing}, failed {outcome.failed}")
+        last.append(max(a.received for a in outcome.answers))
+        runtime.append(max(a.runtime for a in outcome.answers))
+        tail.append(returned - last[-1])
+    wall = statistics.median(_timed(["make", "--no-print-directory", "broadcast", "TASK=host_report"])[0]
+                             for _ in range(3))
+    nodes = len(fleet.node_names)
+    return [
+        (f"broadcast host_report, {nodes} nodes: last answer after send", f"{statistics.median(last):.3f} s (median of {runs})"),
+        ("  slowest task runtime on a node", f"{statistics.median(runtime):.3f} s (target: last answer <= runtime + 0.5 s)"),
+        ("  command returns after the last answer", f"{statistics.median(tail) * 1000:.1f} ms (target <= 200 ms)"),
+        ("  `make broadcast TASK=host_report` wall time", f"{wall:.2f} s (median of 3, incl. Python start-up)"),
+    ]
+
+
+BENCHES = {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ unreachable or inventory unusable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import socket
@@ -75,6 +76,8 @@ class Answer:
     error: str | None = None
     traceback: str | None = None
     hostname: str | None = None
+    runtime: float | None = None  # seconds the task ran on the node
+    received: float | None = None  # seconds from sending until this answer arrived
 
     @property
     def host(self) -> str:
@@ -175,8 +178,10 @@ def answer_from(body: Any, task_id: str) -> Answer | None:
     node, status = body.get("node"), body.get("status")
     if not isinstance(node, str) or not node or status not in ANSWER_STATUSES:
         return None
+    runtime = body.get("runtime")
     return Answer(node=node, status=status, result=body.get("result"), error=body.get("error"),
-                  traceback=body.get("traceback"), hostname=body.get("hostname"))
+                  traceback=body.get("traceback"), hostname=body.get("hostname"),
+                  runtime=runtime if isinstance(runtime, (int, float)) else None)
 
 
 # Sending and collecting.
@@ -198,7 +203,7 @@ def broadcast(
     def on_message(body: Any, message: Any) -> None:
         answer = answer_from(body, task_id)
         if answer is not None and answer.node not in answers:
-            answers[answer.node] = answer
+            answers[answer.node] = dataclasses.replace(answer, received=time.monotonic() - sent)
 
     try:
         with app.connection_for_write(broker_url) as conn:
@@ -210,6 +215,7 @@ def broadcast(
             consumer = Consumer(channel, queues=[reply_queue], callbacks=[on_message], accept=["json"],
                                 no_ack=True, on_decode_error=lambda message, exc: None)
             with consumer:
+                sent = time.monotonic()
                 app.send_task(task, args=list(args), kwargs=dict(kwargs), task_id=task_id,
                               queue=broadcast_queue(queue), headers={REPLY_HEADER: reply_queue.name},
                               expires=expires, ignore_result=True, connection=conn)
@@ -237,6 +243,8 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
             answer.node: {key: value for key, value in (
                 ("status", "failed" if answer.failed else answer.status), ("hostname", answer.hostname),
                 ("result", answer.result), ("error", answer.error), ("traceback", answer.traceback),
+                ("runtime", answer.runtime),
+                ("received", None if answer.received is None else round(answer.received, 6)),
             ) if value is not None}
             for answer in answers
         }

@@ -155,6 +155,8 @@ def cleanup_logs(self, days: float = 7.0, directory: str | None = None, dry_run:
         try:
             if not dry_run:
                 os.unlink(entry.path)
+        except FileNotFoundError:  # another node of this host removed it first
+            continue
         except OSError as exc:
             errors.append(f"{entry.name}: {exc.strerror}")
             continue
