@@ -54,6 +54,14 @@ broadcast: setup ## Run a maintenance task on every node: TASK=name [ARGS=json] 
 	@$(BIN)/python scripts/broadcast.py --inventory "$(INVENTORY)" --task "$(TASK)" --args "$$ARGS" \
 		--timeout "$(TIMEOUT)" --format "$(FORMAT)"
 
+.PHONY: health
+health: setup ## Check every host, unit, node, queue and beat against the inventory [INVENTORY=path] [FORMAT=json]
+	@$(BIN)/python scripts/health.py --inventory "$(INVENTORY)" --format "$(FORMAT)"
+
+.PHONY: status
+status: setup ## One row per host: OK / WARN / FAIL / DOWN and why [INVENTORY=path] [FORMAT=json]
+	@$(BIN)/python scripts/health.py --inventory "$(INVENTORY)" --format "$(FORMAT)" --summary
+
 .PHONY: lint
 lint: setup ## Run ansible-lint (production profile) and yamllint
 	$(BIN)/yamllint -s .
@@ -65,7 +73,7 @@ test: setup ## Run the whole test suite (lint, unit, sandbox fleet)
 	$(BIN)/pytest $(PYTEST_ARGS) tests
 
 .PHONY: bench
-bench: setup ## Print benchmark figures [BENCH="sandbox deploy"]
+bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health"]
 	$(BIN)/python scripts/bench.py $(BENCH)
 
 .PHONY: clean

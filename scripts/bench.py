@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import sandbox
+from health_bench import bench_health
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".sandbox" / "bench"
@@ -119,7 +120,7 @@ def bench_broadcast(runs: int = 5) -> list[tuple[str, str]]:
     ]
 
 
-BENCHES = {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast}
+BENCHES = {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast, "health": bench_health}
 
 
 def main(argv: list[str] | None = None) -> int:

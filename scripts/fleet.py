@@ -6,6 +6,9 @@ API (shared by scripts/broadcast.py, Fabric health checks and rolling restarts):
   (ANSIBLE_CONFIG=ansible.cfg) and resolves the broker URL; raises ``FleetError``.
 - ``parse_inventory(data)`` -> ``Fleet``: the pure part, from the ``--list`` JSON (no broker URL).
 - ``Fleet.workers`` / ``Fleet.nodes`` / ``Fleet.node_names`` / ``Fleet.host(name)`` / ``Fleet.beat``.
+- ``Host.address`` / ``Host.user`` / ``Host.port`` / ``Host.key_file``: how to reach a host over SSH, from the
+  hostvars ``ansible_host``, ``ansible_user``, ``ansible_port`` and ``ansible_ssh_private_key_file`` (None when
+  the inventory leaves them to SSH's own defaults).
 - ``broker_url(address, password)`` and ``redact(text)`` (hide passwords in URLs before printing).
 
 Defaults follow docs/CONVENTIONS.md: ``celery_worker_nodes`` defaults to one node
@@ -61,12 +64,20 @@ class Node:
 
 @dataclass(frozen=True)
 class Host:
-    """An inventory host: its address, groups and (worker hosts only) Celery nodes."""
+    """An inventory host: its address, groups, (worker hosts only) Celery nodes and SSH connection fields.
+
+    ``user``, ``port`` and ``key_file`` come from ``ansible_user``, ``ansible_port`` and
+    ``ansible_ssh_private_key_file`` (or their aliases ``ansible_ssh_user``, ``ansible_ssh_port``,
+    ``ansible_private_key_file``); None means "SSH's default".
+    """
 
     name: str
     address: str
     groups: tuple[str, ...]
     nodes: tuple[Node, ...] = ()
+    user: str | None = None
+    port: int | None = None
+    key_file: str | None = None
 
     @property
     def is_worker(self) -> bool:
@@ -179,6 +190,22 @@ def _nodes(host: str, hostvars: Mapping[str, Any]) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
+def _connection(host: str, hostvars: Mapping[str, Any]) -> dict[str, Any]:
+    """Host's SSH connection fields (user, port, key_file) from its hostvars; missing ones are None."""
+    def first(*names: str) -> Any:
+        return next((hostvars[name] for name in names if hostvars.get(name) not in (None, "")), None)
+
+    port = first("ansible_port", "ansible_ssh_port")
+    if port is not None:
+        if isinstance(port, bool) or not str(port).strip().isdigit() or not 0 < int(port) < 65536:
+            raise FleetError(f"{host}: ansible_port must be a TCP port number, not {port!r}")
+        port = int(port)
+    user = first("ansible_user", "ansible_ssh_user")
+    key_file = first("ansible_ssh_private_key_file", "ansible_private_key_file")
+    return {"user": None if user is None else str(user), "port": port,
+            "key_file": None if key_file is None else str(key_file)}
+
+
 def _broadcast_queues(workers: list[str], hostvars: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
     found = {tuple(hostvars.get(host, {}).get("celery_broadcast_queues", DEFAULT_BROADCAST_QUEUES)) for host in workers}
     if len(found) > 1:
@@ -210,6 +237,7 @@ def parse_inventory(data: Mapping[str, Any]) -> Fleet:
             address=str(hostvars.get(host, {}).get("ansible_host") or host),
             groups=groups_of[host],
             nodes=_nodes(host, hostvars.get(host, {})) if host in workers else (),
+            **_connection(host, hostvars.get(host, {})),
         )
         for host in order
     )

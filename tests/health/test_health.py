@@ -1,0 +1,233 @@
+"""The health check on the deployed sandbox fleet: each fault is named, and each test undoes its fault.
+
+The checks run scripts/health.py (what `make health` / `make status` run) with --format json. Host metric
+thresholds are relaxed except where a test is about them: the sandbox hosts share this machine's kernel
+and disk, so a busy or full test machine is not what these tests are about.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import fleet as fleet_model  # noqa: E402
+import sandbox  # noqa: E402
+
+PYTHON = ROOT / ".venv" / "bin" / "python"
+FAB = ROOT / ".venv" / "bin" / "fab"
+SHARED_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
+# The throwaway fleet of the powered-off test (sandbox_fleet fixture): two bare hosts, never deployed.
+SANDBOX_INVENTORY = Path(__file__).resolve().parent / "down-fleet" / "hosts.yml"
+HOSTS = ("broker", "worker1", "worker2")
+NODES = {"calc@worker1": "worker1", "reports@worker1": "worker1", "celery@worker2": "worker2"}
+RELAXED = ("--load-warn", "50", "--load-fail", "100", "--memory-warn", "99", "--memory-fail", "100",
+           "--disk-warn", "99", "--disk-fail", "100")
+GUARD = 120  # seconds; against a hanging run, not a speed assertion
+SETTLE = 120  # seconds to wait for the fleet to be healthy again after a fault is undone
+
+
+def _health(*args: str, inventory: Path = SHARED_INVENTORY, env: dict | None = None) -> tuple[int, dict]:
+    proc = subprocess.run([str(PYTHON), "scripts/health.py", "--inventory", str(inventory), "--format", "json",
+                           *RELAXED, *args], cwd=ROOT, capture_output=True, text=True, timeout=GUARD,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _rows(report: dict) -> dict[str, dict]:
+    return {row["name"]: row for row in report["rows"]}
+
+
+def _wait_healthy() -> dict:
+    """Bounded wait until the shared fleet is healthy (exit 0); the report then."""
+    deadline = time.monotonic() + SETTLE
+    while True:
+        code, report = _health()
+        if code == 0:
+            return report
+        assert time.monotonic() < deadline, f"fleet not healthy again:\n{json.dumps(report, indent=2)}"
+        time.sleep(2)
+
+
+def _run(host, command: str) -> str:
+    result = host.run(command)
+    assert result.rc == 0, f"{command}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def fleet(deployed_fleet):
+    """The shared deployed fleet, healthy before the test and again after it."""
+    _wait_healthy()
+    yield deployed_fleet
+    _wait_healthy()
+
+
+@pytest.fixture(scope="module")
+def celery_app(deployed_fleet):
+    """A Celery app on the shared fleet's broker (for control commands)."""
+    from celery import Celery
+
+    url = fleet_model.load_fleet(SHARED_INVENTORY).broker_url
+    assert url, "the shared fleet has no broker URL"
+    return Celery("health-tests", broker=url, set_as_current=False)
+
+
+def test_healthy_fleet_exits_0_with_every_host_and_node_ok(fleet):
+    code, report = _health()
+    rows = _rows(report)
+    assert code == 0 and report["healthy"]
+    assert [row["name"] for row in report["rows"]] == ["broker", "worker1", "calc@worker1", "reports@worker1",
+                                                       "worker2", "celery@worker2"]
+    assert all(row["status"] in ("OK", "WARN") for row in report["rows"]), report
+    assert all("pong" in rows[node]["facts"] and rows[node]["host"] == host for node, host in NODES.items())
+    assert "queues calc, celery, broadcast" in rows["calc@worker1"]["facts"]
+
+
+def test_text_table_names_every_host_and_node_and_says_healthy(fleet):
+    proc = subprocess.run([str(PYTHON), "scripts/health.py", "--inventory", str(SHARED_INVENTORY), *RELAXED],
+                          cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:-1]] == ["broker", "worker1", "calc@worker1", "reports@worker1",
+                                                        "worker2", "celery@worker2"]
+    assert lines[-1].startswith("HEALTHY: 3 hosts, 3 nodes")
+
+
+def test_status_and_the_fabric_tasks_give_one_row_per_host(fleet):
+    code, report = _health("--summary")
+    assert code == 0 and [row["name"] for row in report["rows"]] == list(HOSTS)
+    assert "2/2 nodes OK" in _rows(report)["worker1"]["facts"]
+    for task in ("status", "health"):
+        proc = subprocess.run([str(FAB), "-r", "scripts", task, "--inventory", str(SHARED_INVENTORY), "--format",
+                               "json"], cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
+        assert proc.returncode in (0, 1), proc.stderr  # host metrics may WARN/FAIL on a busy machine
+        names = [row["name"] for row in json.loads(proc.stdout)["rows"]]
+        assert names == (list(HOSTS) if task == "status" else
+                         ["broker", "worker1", "calc@worker1", "reports@worker1", "worker2", "celery@worker2"])
+
+
+def test_stopped_celery_service_fails_its_host_and_its_node(fleet):
+    worker2 = fleet.host("worker2")
+    _run(worker2, "systemctl stop celery")
+    try:
+        code, report = _health()
+        rows = _rows(report)
+        assert code == 1
+        assert rows["worker2"]["status"] == "FAIL" and "celery.service inactive (dead)" in rows["worker2"]["reasons"]
+        assert rows["celery@worker2"]["status"] == "FAIL"
+        assert "no worker process on the host" in rows["celery@worker2"]["reasons"][0]
+        assert rows["worker1"]["status"] == rows["calc@worker1"]["status"] == "OK"
+    finally:
+        _run(worker2, "systemctl start celery")
+
+
+def test_node_killed_with_sigkill_is_named(fleet):
+    worker1 = fleet.host("worker1")
+    _run(worker1, "kill -9 $(cat /run/celery/reports.pid)")
+    try:
+        code, report = _health()
+        rows = _rows(report)
+        assert code == 1
+        assert rows["reports@worker1"]["status"] == "FAIL"
+        assert rows["reports@worker1"]["reasons"][0].startswith("no answer to ping within 2 s; no worker process")
+        assert rows["calc@worker1"]["status"] == "OK"
+        assert [row["name"] for row in report["rows"] if row["status"] != "OK"] == ["reports@worker1"]
+    finally:
+        _run(worker1, "systemctl restart celery")
+
+
+def test_stopped_beat_is_flagged_on_the_beat_host(fleet):
+    worker2 = fleet.host("worker2")
+    _run(worker2, "systemctl stop celerybeat")
+    try:
+        code, report = _health()
+        assert code == 1
+        assert _rows(report)["worker2"]["status"] == "FAIL"
+        assert "celerybeat.service inactive (dead)" in _rows(report)["worker2"]["reasons"]
+    finally:
+        _run(worker2, "systemctl start celerybeat")
+
+
+def test_queue_dropped_at_runtime_shows_as_drift(fleet, celery_app):
+    answer = celery_app.control.cancel_consumer("calc", destination=["calc@worker1"], reply=True, timeout=5)
+    assert answer == [{"calc@worker1": {"ok": "no longer consuming from calc"}}]
+    try:
+        code, report = _health()
+        row = _rows(report)["calc@worker1"]
+        assert code == 1
+        assert row["status"] == "FAIL" and row["reasons"] == ["queue drift: missing calc"]
+    finally:
+        celery_app.control.add_consumer("calc", destination=["calc@worker1"], reply=True, timeout=5)
+
+
+def test_node_the_inventory_does_not_know_is_flagged(fleet):
+    worker2 = fleet.host("worker2")
+    # Consumes only a queue of its own, so it takes no task of the fleet while it runs.
+    _run(worker2, "cd /tmp && . /etc/conf.d/celery && runuser -u celery -- $CELERY_BIN -A $CELERY_APP worker"
+                  " -n stray@worker2 -Q health-stray -c 1 --detach --pidfile=/tmp/stray.pid --logfile=/tmp/stray.log")
+    try:
+        deadline = time.monotonic() + 30
+        while "stray@worker2" not in _rows(_health()[1]):
+            assert time.monotonic() < deadline, "stray node never seen"
+            time.sleep(1)
+        code, report = _health()
+        row = _rows(report)["stray@worker2"]
+        assert code == 1
+        assert row["host"] == "worker2" and row["status"] == "FAIL"
+        assert row["reasons"][0].startswith("unexpected node: not in the inventory (pid ")
+    finally:
+        worker2.run("pkill -F /tmp/stray.pid; "
+                    "for i in $(seq 60); do [ -e /tmp/stray.pid ] || break; sleep 0.5; done; rm -f /tmp/stray.log")
+        fleet.host("broker").run("rabbitmqctl -q -p celery delete_queue health-stray")
+
+
+def test_metric_over_its_threshold_is_flagged_and_warn_alone_stays_healthy(fleet):
+    code, report = _health("--disk-warn", "1", "--disk-fail", "2")
+    assert code == 1
+    for host in HOSTS:
+        row = _rows(report)[host]
+        assert row["status"] == "FAIL"
+        assert any(reason.startswith("disk / ") and reason.endswith("(>= 2%)") for reason in row["reasons"]), row
+    code, report = _health("--disk-warn", "1", "--disk-fail", "100")
+    assert code == 0 and {_rows(report)[host]["status"] for host in HOSTS} == {"WARN"}
+
+
+def test_missing_inventory_is_a_usage_error():
+    proc = subprocess.run([str(PYTHON), "scripts/health.py", "--inventory", "/nonexistent/hosts.yml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
+    assert proc.returncode == 2 and "/nonexistent/hosts.yml" in proc.stderr
+
+
+def test_powered_off_host_is_down_and_the_run_still_ends(deployed_fleet, sandbox_fleet):
+    """Last: a throwaway fleet (its own inventory), checked against the shared broker; one host is killed."""
+    env = {"CELERY_BROKER_URL": fleet_model.load_fleet(SHARED_INVENTORY).broker_url}
+    code, report = _health(inventory=SANDBOX_INVENTORY, env=env)
+    rows = _rows(report)
+    assert code == 1  # never deployed: no celery.service, no node answers
+    assert rows["hdown-a"]["status"] == rows["hdown-b"]["status"] == "FAIL"
+
+    fid = sandbox.fleet_id(SANDBOX_INVENTORY)
+    os.kill(sandbox.container_inits()[(fid, "hdown-b")], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (fid, "hdown-b") in sandbox.container_inits():
+        assert time.monotonic() < deadline, "hdown-b did not power off"
+        time.sleep(0.2)
+
+    code, report = _health(inventory=SANDBOX_INVENTORY, env=env)
+    rows = _rows(report)
+    assert code == 1 and report["status"] == "DOWN"
+    assert rows["hdown-b"]["status"] == "DOWN"
+    assert rows["hdown-b"]["reasons"][0].startswith("unreachable over SSH: ")
+    assert rows["celery@hdown-b"]["status"] == "DOWN"
+    assert rows["hdown-a"]["status"] == "FAIL"  # the other host's probe still came back
+    assert report["bound"] == 5.0
