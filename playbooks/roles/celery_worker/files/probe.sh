@@ -1,0 +1,38 @@
+# What the celery_worker role manages on a host, in one read-only pass (tasks/probe.yml): the
+# tasks that would find everything in place are skipped, so a re-deploy costs one round trip
+# here instead of two module runs per file.
+# Arguments: PYTHON VENV APP_DIR USER "PACKAGE..." PATH...
+# Output, one item a line:
+#   python <major.minor>                        of PYTHON, the virtualenv's base interpreter
+#   package <name> <dpkg status>                "install ok installed" when installed
+#   user <name:gecos:home:shell> <group>        empty fields when the user does not exist
+#   group <name>                                when the user's group exists
+#   path <path> <owner:group:mode> <sha1|->     or "path <path> absent"; PATHs, then the .pth file
+#   pip <name==version>                         distributions installed in the virtualenv
+#   app <sha1>  <relative path>                 files of APP_DIR, caches left out
+python=$1 venv=$2 app_dir=$3 user=$4 packages=$5
+shift 5
+version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || exit 1
+echo "python $version"
+for package in $packages; do
+  echo "package $package $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)"
+done
+echo "user $(getent passwd "$user" | cut -d: -f1,5,6,7) $(id -gn "$user" 2>/dev/null)"
+if getent group "$user" >/dev/null; then echo "group $user"; fi
+for path in "$@" "$venv/lib/python$version/site-packages/celery_app.pth"; do
+  if [ -d "$path" ]; then
+    echo "path $path $(stat -c %U:%G:%a "$path") -"
+  elif [ -f "$path" ]; then
+    echo "path $path $(stat -c %U:%G:%a "$path") $(sha1sum < "$path" | cut -c1-40)"
+  else
+    echo "path $path absent"
+  fi
+done
+# <name>-<version>.dist-info (name escaped with "_", so the first "-" splits): cheaper than pip freeze.
+for info in "$venv/lib/python$version/site-packages/"*.dist-info; do
+  [ -d "$info" ] && basename "$info" .dist-info | sed 's/^\([^-]*\)-/pip \1==/'
+done
+if cd "$app_dir" 2>/dev/null; then
+  find . -type f ! -path '*/__pycache__/*' -exec sha1sum {} + | sed 's|^\([0-9a-f]*\)  \./|app \1  |'
+fi
+exit 0

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Deploy the fleet of an inventory: `make deploy [INVENTORY=path] [LIMIT=hosts] [CHECK=1]`.
+# With the sandbox inventory (the default) the sandbox hosts are brought up first.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+sandbox_inventory=playbooks/inventories/sandbox/hosts.yml
+inventory=${INVENTORY:-$sandbox_inventory}
+venv=${VENV:-.venv}
+export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+
+if [ ! -e "$inventory" ]; then
+  echo "deploy: error: inventory $inventory: no such file or directory" >&2
+  exit 2
+fi
+
+args=(-i "$inventory")
+if [ -n "${LIMIT:-}" ]; then
+  args+=(--limit "$LIMIT")
+fi
+case "${CHECK:-}" in
+  "" | 0 | no | false) ;;
+  *) args+=(--check --diff) ;;
+esac
+
+if [ "$(realpath "$inventory")" = "$(realpath "$sandbox_inventory")" ]; then
+  "$venv/bin/python" scripts/sandbox.py up "$inventory"
+fi
+
+exec "$venv/bin/ansible-playbook" "${args[@]}" playbooks/site.yml

@@ -1,0 +1,82 @@
+"""Changing the inventory and deploying again: only the hosts concerned change, and their services follow.
+
+Each test deploys an edited copy of the sandbox inventory (same hosts, see write_inventory), checks
+the fleet, and deploys the sandbox inventory again to restore it for the other tests.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from deploy_helpers import active_queues, deploy, host, pinged_nodes, recap, sandbox_inventory, write_inventory
+
+CHANGED_NODES = [{"name": "calc", "queues": ["calc"], "concurrency": 3}]
+
+
+def _changed(summary: dict[str, dict[str, int]]) -> set[str]:
+    return {h for h, s in summary.items() if s["changed"]}
+
+
+def _restore() -> dict[str, dict[str, int]]:
+    run = deploy()
+    assert run.returncode == 0, run.stdout[-3000:]
+    return recap(run.stdout)
+
+
+@pytest.fixture
+def edited_inventory(deployed_fleet, tmp_path):
+    """A function writing an edited copy of the sandbox inventory; the sandbox state is restored after."""
+    written = []
+
+    def edit(change) -> object:
+        inventory = copy.deepcopy(sandbox_inventory())
+        change(inventory["all"]["children"])
+        written.append(write_inventory(tmp_path, inventory))
+        return written[-1]
+
+    yield edit
+    if written:
+        _restore()
+
+
+def test_changing_queues_and_removing_a_node_changes_only_that_host(edited_inventory):
+    def change(groups):
+        groups["celery_workers"]["hosts"]["worker1"]["celery_worker_nodes"] = CHANGED_NODES
+
+    run = deploy(edited_inventory(change))
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert _changed(recap(run.stdout)) == {"worker1"}
+
+    worker1 = host("worker1")
+    assert active_queues(worker1, ["calc@worker1"])["calc@worker1"] == {"calc", "broadcast"}
+    assert "reports@worker1" not in pinged_nodes(worker1)
+    assert not worker1.file("/run/celery/reports.pid").exists
+    stats = worker1.check_output(". /etc/conf.d/celery && $CELERY_BIN -A $CELERY_APP inspect stats --json "
+                                 "-d calc@worker1 --timeout 5")
+    assert '"max-concurrency": 3' in stats
+
+    restored = _restore()
+    assert _changed(restored) == {"worker1"}
+    assert {"calc@worker1", "reports@worker1"} <= pinged_nodes(worker1)
+    assert active_queues(worker1, ["calc@worker1"])["calc@worker1"] == {"calc", "celery", "broadcast"}
+
+
+def test_moving_beat_to_another_host_stops_it_on_the_former_beat_host(edited_inventory):
+    def change(groups):
+        groups["celery_beat"]["hosts"] = {"worker1": None}
+
+    run = deploy(edited_inventory(change))
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert _changed(recap(run.stdout)) == {"worker1", "worker2"}
+
+    worker1, worker2 = host("worker1"), host("worker2")
+    assert worker1.service("celerybeat").is_enabled and worker1.service("celerybeat").is_running
+    assert not worker2.service("celerybeat").is_running
+    assert not worker2.file("/etc/systemd/system/celerybeat.service").exists
+    assert worker2.service("celery").is_running
+
+    _restore()
+    assert worker2.service("celerybeat").is_running
+    assert not worker1.service("celerybeat").is_running
+    assert not worker1.file("/etc/systemd/system/celerybeat.service").exists
