@@ -435,6 +435,44 @@ def ssh_key() -> Path:
     return key
 
 
+def cgroup_dirs(machine: str) -> list[Path]:
+    """The host's own cgroup per writable hierarchy: nspawn --keep-unit nests the container below it.
+
+    Without it every container's systemd would share the same /payload cgroup (nspawn's default
+    when started from the root cgroup) and lose track of its services' processes.
+    """
+    roots = [Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup")]
+    seen, dirs = set(), []
+    for root in roots:
+        procs = root / "cgroup.procs"
+        if procs.exists() and os.access(procs, os.W_OK) and root.resolve() not in seen:
+            seen.add(root.resolve())
+            dirs.append(root / "sandbox" / machine)
+    return dirs
+
+
+def _enter_cgroups(dirs: list[Path]):
+    def enter() -> None:
+        for d in dirs:
+            (d / "cgroup.procs").write_text("0")
+    return enter
+
+
+def _remove_cgroups(pattern: str) -> None:
+    """Remove, bottom-up as cgroupfs requires, the sandbox cgroups matching a glob pattern."""
+    def remove_all() -> bool:
+        left = False
+        for root in {d.parent for d in cgroup_dirs("x")}:
+            for top in root.glob(pattern):
+                for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                    try:
+                        os.rmdir(dirpath)
+                    except OSError:
+                        left = True
+        return not left
+    _wait(remove_all, 3, 0.1)  # the last processes of a killed namespace may take a moment to go
+
+
 def _start_host(fleet: Fleet, host: HostState, key: Path) -> None:
     hdir = fleet.directory / "hosts" / host.name
     if hdir.exists():
@@ -454,8 +492,12 @@ def _start_host(fleet: Fleet, host: HostState, key: Path) -> None:
         f"--bind-ro={key}.pub:/root/.ssh/authorized_keys",
         f"--setenv=SANDBOX_FLEET={fleet.fid}", f"--setenv=SANDBOX_HOST={host.name}",
     ]
+    cgroups = cgroup_dirs(host.machine)
+    for d in cgroups:
+        d.mkdir(parents=True, exist_ok=True)
     subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(hdir / "console.log", "ab"),
-                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                     preexec_fn=_enter_cgroups(cgroups))
 
 
 def _stop_host(fleet_fid: str, name: str, machine: str, inits: dict, nspawns: dict) -> None:
@@ -469,8 +511,10 @@ def _stop_host(fleet_fid: str, name: str, machine: str, inits: dict, nspawns: di
         _kill(nspawn, signal.SIGKILL)
         _wait(lambda: not Path(f"/proc/{nspawn}").exists(), 5)
     veth = f"vb-{machine}"
-    if _link_exists(veth):
+    if machine and _link_exists(veth):
         _run(["ip", "link", "del", veth], check=False)
+    if machine:
+        _remove_cgroups(machine)
 
 
 def _ssh_ready(address: str) -> bool:
@@ -547,6 +591,7 @@ def down(inventory: Path | None = None, everything: bool = False) -> list[str]:
                 _stop_host(fleet.fid, name, machine, inits, nspawns)
             for machine, pid in nspawn_pids(f"sb{fleet.fid[:6]}-").items():
                 _kill(pid, signal.SIGKILL)
+            _remove_cgroups(f"sb{fleet.fid[:6]}-*")
             for pid in _proxy_pids(fleet.directory / "proxy.conf"):
                 _kill(pid, signal.SIGKILL)
             if _link_exists(fleet.bridge):

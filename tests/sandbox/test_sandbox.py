@@ -47,6 +47,8 @@ def _kernel_leftovers(fid: str, pid_namespaces: set[str]) -> list[str]:
     left += [f"mount {line}" for line in mounts.splitlines() if str(ROOT / ".sandbox") in line]
     left += [f"nspawn {pid}" for pid in sandbox.nspawn_pids(f"sb{fid[:6]}-").values()]
     left += [f"proxy {pid}" for pid in sandbox._proxy_pids(sandbox.FLEETS_DIR / fid / "proxy.conf")]
+    left += [f"cgroup {d}" for root in {d.parent for d in sandbox.cgroup_dirs("x")}
+             for d in root.glob(f"sb{fid[:6]}-*")]
     return left
 
 
@@ -76,6 +78,30 @@ def test_hosts_have_no_route_out_but_reach_the_package_proxy(sandbox_fleet):
              f"{sandbox.PROXY_PORT}), timeout=3)\"")
     assert host.run(probe).rc == 0
     assert host.run("getent hosts mq1").stdout.split()[0] == fleet.hosts["mq1"].address
+
+
+def test_each_host_tracks_its_own_services_processes(sandbox_fleet):
+    for name in HOSTS:
+        host = sandbox_fleet.host(name)
+        assert host.run("systemctl show -p MainPID --value ssh.service").stdout.strip() != "0"
+        status = host.run("systemctl status ssh.service --no-pager")
+        assert "Failed to dump process list" not in status.stdout + status.stderr
+        assert "sshd" in status.stdout
+    # Two hosts run a same-named forking service (no main PID to guess: two processes). When its
+    # processes die on one host, that host's systemd sees its cgroup empty, whatever the other runs.
+    start = 'systemd-run -q --unit=probe-fork -p Type=forking -p Restart=no sh -c "sleep 302 & sleep 303 &"'
+    a, b = sandbox_fleet.host("node-a"), sandbox_fleet.host("node-b")
+    assert a.run(start).rc == 0 and b.run(start).rc == 0
+    try:
+        assert a.run("pkill -9 -f 'sleep 30[23]'").rc == 0
+        deadline = time.monotonic() + 10
+        while a.run("systemctl is-active probe-fork.service").stdout.strip() == "active":
+            assert time.monotonic() < deadline, "node-a's systemd did not notice its service died"
+            time.sleep(0.2)
+        assert b.run("systemctl is-active probe-fork.service").stdout.strip() == "active"
+    finally:
+        b.run("systemctl stop probe-fork.service")
+        a.run("systemctl reset-failed probe-fork.service")
 
 
 def test_second_sandbox_up_reboots_no_host(sandbox_fleet):
