@@ -2,51 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import testinfra
-
-ROOT = Path(__file__).resolve().parent.parent
-SANDBOX_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
-os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
-os.environ["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"  # ansible-inventory for testinfra
-sys.path.insert(0, str(ROOT / "scripts"))
-
-
-def make(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run a make target from the repository root, output captured."""
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"make {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def sandbox_status() -> list[dict]:
-    out = subprocess.run([sys.executable, "scripts/sandbox.py", "status", "--json"], cwd=ROOT, text=True,
-                         capture_output=True, check=True).stdout
-    return json.loads(out)
-
-
-@dataclass
-class Fleet:
-    """A sandbox fleet that is up: its inventory and a testinfra host per inventory host."""
-
-    inventory: Path
-    deploy_output: str = ""
-
-    def host(self, name: str):
-        return testinfra.get_host(f"ansible://{name}?ansible_inventory={self.inventory}")
-
-    def hosts(self) -> dict[str, dict]:
-        rel = os.path.relpath(self.inventory, ROOT)
-        return {row["host"]: row for row in sandbox_status() if row["inventory"] == rel}
+from fleet_testing import SANDBOX_INVENTORY, Fleet, make
 
 
 def _keep() -> bool:

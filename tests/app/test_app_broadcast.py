@@ -7,7 +7,7 @@ import time
 import pytest
 
 import broadcast
-from conftest import FLEET, LATE, READY_WITHIN, wait_ready, write_inventory
+from app_support import FLEET, LATE, READY_WITHIN, wait_ready, write_inventory
 
 ALL_NODES = sorted(f"{name}@{host}" for host, nodes in FLEET.items() for name in nodes)
 

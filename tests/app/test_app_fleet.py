@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import fleet
-from conftest import write_inventory
+from app_support import write_inventory
 
 # What `ansible-inventory --list` prints (ansible-core marks strings with __ansible_unsafe).
 LISTING = {

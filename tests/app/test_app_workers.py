@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import BROADCAST_QUEUES, REPO
+from app_support import BROADCAST_QUEUES, REPO
 
 RESULT_WITHIN = 30  # seconds; a guard against hanging, not a speed assertion
 

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import make
+from fleet_testing import make
 
 NODES = {"worker1": {"calc@worker1", "reports@worker1"}, "worker2": {"celery@worker2"}}
 

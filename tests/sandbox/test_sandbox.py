@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sandbox
-from conftest import ROOT, make
+from fleet_testing import ROOT, make
 
 SANDBOX_INVENTORY = ROOT / "tests" / "inventories" / "four-hosts" / "hosts.ini"
 HOSTS = ["mq1", "node-a", "node-b", "watch1"]
