@@ -20,6 +20,8 @@ overrides it (tests). ``Fleet.broker_url`` is None when neither is available, an
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -275,7 +277,53 @@ def read_password(inventory: str | os.PathLike, root: Path = SECRETS_ROOT) -> st
         return None
 
 
+INVENTORY_CACHE = REPO_ROOT / ".cache" / "inventory"
+
+
+def _inventory_inputs(inventory: Path) -> list[Path]:
+    """Files ansible-inventory's answer depends on: the inventory, its group_vars/host_vars, sandbox state, config."""
+    base = inventory if inventory.is_dir() else inventory.parent
+    files = [p for p in base.iterdir() if p.is_file()] if inventory.is_dir() else [inventory]
+    for vars_dir in ("group_vars", "host_vars"):
+        files += [p for p in (base / vars_dir).rglob("*") if p.is_file()]
+    files += sorted((REPO_ROOT / ".sandbox" / "fleets").glob("*/fleet.json"))
+    files += [REPO_ROOT / "ansible.cfg", *sorted((REPO_ROOT / "playbooks" / "plugins").rglob("*.py"))]
+    return sorted(set(files))
+
+
+def inventory_fingerprint(inventory: Path, files: list[Path], environ: Mapping[str, str]) -> str:
+    """Hash of an inventory's inputs (paths, sizes, mtimes) and the ANSIBLE_* environment."""
+    parts = [str(inventory)]
+    for path in files:
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            parts.append(f"{path}:{info.st_size}:{info.st_mtime_ns}")
+    parts += sorted(f"{k}={v}" for k, v in environ.items() if k.startswith("ANSIBLE_"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 def run_ansible_inventory(inventory: str | os.PathLike, timeout: float = 120) -> dict[str, Any]:
+    """``ansible-inventory -i inventory --list``, decoded; cached until one of its inputs changes."""
+    path = Path(inventory).resolve()
+    if not path.exists():
+        raise FleetError(f"inventory not found: {inventory}")
+    key = inventory_fingerprint(path, _inventory_inputs(path), os.environ)
+    prefix = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    cached = INVENTORY_CACHE / f"{prefix}-{key[:24]}.json"
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(cached.read_text())
+    data = _ansible_inventory(path, timeout)
+    with contextlib.suppress(OSError):
+        INVENTORY_CACHE.mkdir(parents=True, exist_ok=True)
+        for stale in INVENTORY_CACHE.glob(f"{prefix}-*.json"):
+            stale.unlink(missing_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(cached)
+    return data
+
+
+def _ansible_inventory(inventory: Path, timeout: float) -> dict[str, Any]:
     """``ansible-inventory -i inventory --list``, decoded; run from the repository root."""
     binary = REPO_ROOT / ".venv" / "bin" / "ansible-inventory"
     command = [str(binary) if binary.exists() else "ansible-inventory", "-i", str(Path(inventory).resolve()), "--list"]

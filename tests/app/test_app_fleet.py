@@ -119,3 +119,16 @@ def test_unreadable_inventory_raises_fleet_error(tmp_path):
     broken.write_text("all: [unclosed\n")
     with pytest.raises(fleet.FleetError):
         fleet.load_fleet(broken, environ={})
+
+
+def test_inventory_listing_is_reused_until_the_inventory_changes(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  children:\n    celery_workers:\n      hosts:\n        w1:\n")
+    first = fleet.run_ansible_inventory(inventory)
+    cached = list(fleet.INVENTORY_CACHE.glob("*.json"))
+    assert fleet.run_ansible_inventory(inventory) == first
+    assert sorted(fleet.INVENTORY_CACHE.glob("*.json")) == sorted(cached)
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_text("celery_broadcast_queues: [urgent]\n")
+    changed = fleet.run_ansible_inventory(inventory)
+    assert fleet.unwrap(changed["_meta"]["hostvars"]["w1"]["celery_broadcast_queues"]) == ["urgent"]
