@@ -30,3 +30,15 @@ def deployed_fleet():
     yield Fleet(inventory=SANDBOX_INVENTORY, deploy_output=proc.stdout)
     if not _keep():
         make("sandbox-down", f"INVENTORY={SANDBOX_INVENTORY}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_loopback_celery_settings(request):
+    """Fleet tests talk to the sandbox: CELERY_* variables the app tests set for loopback stay out."""
+    if Path(request.path).parent.name == "app":
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("CELERY_")]:
+            patch.delenv(name)
+        yield

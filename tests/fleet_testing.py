@@ -18,9 +18,14 @@ os.environ["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def fleet_env() -> dict[str, str]:
+    """This process's environment without CELERY_* overrides (the app tests point those at loopback)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+
+
 def make(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run a make target from the repository root, output captured."""
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, text=True,
+    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, text=True, env=fleet_env(),
                           capture_output=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"make {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
