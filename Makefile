@@ -12,6 +12,7 @@ ARGS ?=
 TIMEOUT ?= 10
 FORMAT ?= text
 PYTEST_ARGS ?=
+SERIAL ?= 1
 BENCH ?=
 
 BIN := $(VENV)/bin
@@ -62,6 +63,10 @@ health: setup ## Check every host, unit, node, queue and beat against the invent
 status: setup ## One row per host: OK / WARN / FAIL / DOWN and why [INVENTORY=path] [FORMAT=json]
 	@$(BIN)/python scripts/health.py --inventory "$(INVENTORY)" --format "$(FORMAT)" --summary
 
+.PHONY: restart
+restart: setup ## Rolling restart of the workers, SERIAL hosts at a time: drain, restart, verify [INVENTORY=path] [SERIAL=1] [FORMAT=json]
+	@$(BIN)/python scripts/restart.py --inventory "$(INVENTORY)" --serial "$(SERIAL)" --format "$(FORMAT)"
+
 .PHONY: lint
 lint: setup ## Run ansible-lint (production profile) and yamllint
 	$(BIN)/yamllint -s .
@@ -73,7 +78,7 @@ test: setup ## Run the whole test suite (lint, unit, sandbox fleet)
 	$(BIN)/pytest $(PYTEST_ARGS) tests
 
 .PHONY: bench
-bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health"]
+bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart"]
 	$(BIN)/python scripts/bench.py $(BENCH)
 
 .PHONY: clean

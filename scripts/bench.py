@@ -12,6 +12,7 @@ from pathlib import Path
 
 import sandbox
 from health_bench import bench_health
+from restart_bench import bench_restart
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".sandbox" / "bench"
@@ -120,7 +121,8 @@ def bench_broadcast(runs: int = 5) -> list[tuple[str, str]]:
     ]
 
 
-BENCHES = {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast, "health": bench_health}
+BENCHES = {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast, "health": bench_health,
+           "restart": bench_restart}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,11 @@ OPERATOR = ". /etc/conf.d/celery && $CELERY_BIN -A $CELERY_APP"
 _RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
                     r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
 # Files the deploy writes, and the celery service's start time: a host's deploy-visible state.
-_FINGERPRINT = ("sha256sum /etc/conf.d/celery /etc/systemd/system/celery.service /etc/systemd/system/celerybeat.service "
-                "/etc/apt/apt.conf.d/90fleet-proxy /etc/pip.conf /etc/tmpfiles.d/celery.conf 2>/dev/null; "
-                "systemctl show -p ActiveEnterTimestamp -p InvocationID celery.service rabbitmq-server.service")
+_FINGERPRINT = ("sha256sum /etc/conf.d/celery /etc/systemd/system/celery.service /etc/systemd/system/celery@.service "
+                "/etc/systemd/system/celerybeat.service /etc/apt/apt.conf.d/90fleet-proxy /etc/pip.conf "
+                "/etc/tmpfiles.d/celery.conf 2>/dev/null; ls /etc/systemd/system/celery.service.wants 2>/dev/null; "
+                "systemctl show -p ActiveEnterTimestamp -p InvocationID celery.service 'celery@*.service' "
+                "rabbitmq-server.service")
 
 
 def deploy(inventory: Path | None = None, check: bool = False, timeout: float = 1800) -> subprocess.CompletedProcess:

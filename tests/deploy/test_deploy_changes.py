@@ -52,6 +52,8 @@ def test_changing_queues_and_removing_a_node_changes_only_that_host(edited_inven
     assert active_queues(worker1, ["calc@worker1"])["calc@worker1"] == {"calc", "broadcast"}
     assert "reports@worker1" not in pinged_nodes(worker1)
     assert not worker1.file("/run/celery/reports.pid").exists
+    assert not worker1.service("celery@reports").is_running
+    assert not worker1.service("celery@reports").is_enabled
     stats = worker1.check_output(". /etc/conf.d/celery && $CELERY_BIN -A $CELERY_APP inspect stats --json "
                                  "-d calc@worker1 --timeout 5")
     assert '"max-concurrency": 3' in stats
@@ -59,6 +61,7 @@ def test_changing_queues_and_removing_a_node_changes_only_that_host(edited_inven
     restored = _restore()
     assert _changed(restored) == {"worker1"}
     assert {"calc@worker1", "reports@worker1"} <= pinged_nodes(worker1)
+    assert worker1.service("celery@reports").is_enabled
     assert active_queues(worker1, ["calc@worker1"])["calc@worker1"] == {"calc", "celery", "broadcast"}
 
 

@@ -11,6 +11,7 @@ WORKERS = ["worker1", "worker2"]
 BEAT_HOST = "worker2"
 DEFAULT_NODES = [{"name": "celery", "queues": ["celery"], "concurrency": 2}]
 BROADCAST = ["broadcast"]
+TIME_LIMIT, SOFT_TIME_LIMIT, STOP_MARGIN = 300, 240, 30  # the role's defaults
 
 
 def _nodes(hostname: str) -> list[dict]:
@@ -63,7 +64,8 @@ def test_env_file_names_the_nodes_their_queues_and_concurrency(deployed_fleet, h
     nodes = _nodes(hostname)
     assert env["CELERYD_NODES"].split() == [f"{n['name']}@{hostname}" for n in nodes]
     assert env["CELERYD_OPTS"] == " ".join(
-        f"-Q:{n['name']} {','.join(n['queues'] + BROADCAST)} -c:{n['name']} {n['concurrency']}" for n in nodes)
+        [f"-Q:{n['name']} {','.join(n['queues'] + BROADCAST)} -c:{n['name']} {n['concurrency']}" for n in nodes]
+        + [f"--time-limit={TIME_LIMIT} --soft-time-limit={SOFT_TIME_LIMIT}"])
     assert env["CELERY_BROADCAST_QUEUES"] == ",".join(BROADCAST)
     assert (env["CELERY_APP"], env["CELERY_BIN"]) == ("celery_app", "/opt/celery/venv/bin/celery")
     assert env["CELERYD_PID_FILE"] == "/run/celery/%n.pid"
@@ -93,6 +95,33 @@ def test_celery_service_is_enabled_and_running_on_every_worker(deployed_fleet, h
     service = deployed_fleet.host(hostname).service("celery")
     assert service.is_enabled
     assert service.is_running
+
+
+@pytest.mark.parametrize("hostname", WORKERS)
+def test_every_node_runs_in_its_own_enabled_unit_whose_main_pid_is_the_worker(deployed_fleet, hostname):
+    worker = deployed_fleet.host(hostname)
+    wanted = worker.check_output("ls /etc/systemd/system/celery.service.wants/").split()
+    assert sorted(wanted) == sorted(f"celery@{n['name']}.service" for n in _nodes(hostname))
+    for node in _nodes(hostname):
+        unit = f"celery@{node['name']}.service"
+        assert worker.service(unit).is_enabled and worker.service(unit).is_running
+        main_pid = worker.check_output(f"systemctl show -p MainPID --value {unit}")
+        assert main_pid == worker.check_output(f"cat /run/celery/{node['name']}.pid")
+        assert f" -n {node['name']}@{hostname} " in worker.check_output(f"tr '\\0' ' ' < /proc/{main_pid}/cmdline")
+
+
+@pytest.mark.parametrize("hostname", WORKERS)
+def test_node_units_stop_warm_within_the_task_time_limit_and_restart_on_crash(deployed_fleet, hostname):
+    worker = deployed_fleet.host(hostname)
+    for node in _nodes(hostname):
+        shown = worker.check_output(f"systemctl show -p KillMode -p TimeoutStopUSec -p Restart -p PartOf "
+                                    f"-p ExecStop celery@{node['name']}.service")
+        props = dict(line.split("=", 1) for line in shown.splitlines())
+        assert props["KillMode"] == "mixed"  # SIGTERM to the worker only: its pool processes finish their tasks
+        assert props["TimeoutStopUSec"] == "5min 30s"  # TIME_LIMIT + STOP_MARGIN
+        assert props["Restart"] == "always"
+        assert props["PartOf"] == "celery.service"
+        assert props.get("ExecStop", "") == ""
 
 
 @pytest.mark.parametrize("hostname", ["broker", *WORKERS])

@@ -30,10 +30,11 @@ def test_check_mode_on_a_deployed_fleet_reports_no_change(deployed_fleet):
 
 @pytest.fixture
 def stopped_reports_node(deployed_fleet):
-    """reports@worker1 shut down behind systemd's back (the service stays active); restored afterwards."""
+    """reports@worker1 hung behind systemd's back (SIGSTOP: its unit stays active); restored afterwards."""
     worker1 = deployed_fleet.host("worker1")
-    assert worker1.run("/opt/celery/venv/bin/celery multi stopwait reports@worker1 --pidfile=/run/celery/%n.pid").rc == 0
+    assert worker1.run("kill -STOP $(systemctl show -p MainPID --value celery@reports.service)").rc == 0
     yield worker1
+    assert worker1.run("kill -CONT $(systemctl show -p MainPID --value celery@reports.service)").rc == 0
     assert worker1.run("systemctl restart celery").rc == 0
 
 

@@ -10,6 +10,9 @@
 #   path <path> <owner:group:mode> <sha1|->     or "path <path> absent"; PATHs, then the .pth file
 #   pip <name==version>                         distributions installed in the virtualenv
 #   app <sha1>  <relative path>                 files of APP_DIR, caches left out
+#   instance <node> enabled                     celery@<node>.service is wanted by celery.service
+#   instance <node> <active state>              celery@<node>.service is loaded and not inactive/failed
+#   legacy-unit celery.service                  celery.service is the former all-nodes Type=forking unit
 python=$1 venv=$2 app_dir=$3 user=$4 packages=$5
 shift 5
 version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || exit 1
@@ -32,6 +35,24 @@ done
 for info in "$venv/lib/python$version/site-packages/"*.dist-info; do
   [ -d "$info" ] && basename "$info" .dist-info | sed 's/^\([^-]*\)-/pip \1==/'
 done
+for link in /etc/systemd/system/celery.service.wants/celery@*.service; do
+  if [ -L "$link" ] || [ -e "$link" ]; then
+    name=${link##*/celery@}
+    echo "instance ${name%.service} enabled"
+  fi
+done
+systemctl show --property=Id,ActiveState 'celery@*.service' 2>/dev/null | {
+  emit() {
+    case $state in ''|inactive|failed) ;; *) name=${id#celery@}; echo "instance ${name%.service} $state" ;; esac
+    id='' state=''
+  }
+  id='' state=''
+  while IFS='=' read -r key value; do
+    case $key in Id) id=$value ;; ActiveState) state=$value ;; '') emit ;; esac
+  done
+  emit
+}
+if grep -qs '^Type=forking' /etc/systemd/system/celery.service; then echo "legacy-unit celery.service"; fi
 if cd "$app_dir" 2>/dev/null; then
   find . -type f ! -path '*/__pycache__/*' -exec sha1sum {} + | sed 's|^\([0-9a-f]*\)  \./|app \1  |'
 fi
