@@ -607,7 +607,7 @@ def probe_command(script: str = PROBE) -> str:
             "echo 'no python3 on this host' >&2; exit 127")
 
 
-def _describe_ssh_error(exc: BaseException, connect_timeout: float) -> str:
+def describe_ssh_error(exc: BaseException, connect_timeout: float) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"no SSH connection within {connect_timeout:g} s"
     errors = getattr(exc, "errors", None)  # paramiko NoValidConnectionsError: one error per address tried
@@ -640,7 +640,7 @@ def _recording_connection() -> type:
     return RecordingConnection
 
 
-def _connections(hosts: Sequence[fleet_model.Host], connect_timeout: float) -> list[Any]:
+def ssh_connections(hosts: Sequence[fleet_model.Host], connect_timeout: float) -> list[Any]:
     """One Fabric connection per host, in order (attributes set on a Connection land in its config: none set)."""
     from fabric import Config
 
@@ -670,7 +670,7 @@ def _probe_from(name: str, cxn: Any, connect_timeout: float, bound: float) -> Pr
 
         if isinstance(outcome, CommandTimedOut):
             return Probe(name, error=f"probe did not finish within {outcome.timeout:g} s")
-        return Probe(name, error=_describe_ssh_error(outcome, connect_timeout), down=True)
+        return Probe(name, error=describe_ssh_error(outcome, connect_timeout), down=True)
     if outcome.exited != 0:
         return Probe(name, error=f"exit {outcome.exited}: {(outcome.stderr.strip() or outcome.stdout.strip())[-300:]}")
     try:
@@ -712,7 +712,7 @@ def probe_hosts(hosts: Sequence[fleet_model.Host], connect_timeout: float, deadl
 
     # Paramiko logs transport errors (no banner...) from its own threads; the rows say it instead.
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
-    connections = _connections(hosts, connect_timeout)
+    connections = ssh_connections(hosts, connect_timeout)
     if not connections:
         return {}
     group = ThreadingGroup.from_connections(connections)

@@ -301,7 +301,7 @@ def restart_hosts(hosts: Sequence[fleet_model.Host], connect_timeout: float, tim
     from fabric import ThreadingGroup
     from fabric.exceptions import GroupException
 
-    connections = health._connections(hosts, connect_timeout)  # Fabric connections with explicit timeouts
+    connections = health.ssh_connections(hosts, connect_timeout)
     group = ThreadingGroup.from_connections(connections)
     started = time.monotonic()
     try:
@@ -315,7 +315,7 @@ def restart_hosts(hosts: Sequence[fleet_model.Host], connect_timeout: float, tim
     for host, cxn in zip(hosts, connections):
         result = results.get(cxn)
         if isinstance(result, BaseException):
-            words = health._describe_ssh_error(result, connect_timeout)
+            words = health.describe_ssh_error(result, connect_timeout)
             from invoke.exceptions import CommandTimedOut
 
             if isinstance(result, CommandTimedOut):
