@@ -13,6 +13,8 @@
 #   instance <node> enabled                     celery@<node>.service is wanted by celery.service
 #   instance <node> <active state>              celery@<node>.service is loaded and not inactive/failed
 #   legacy-unit celery.service                  celery.service is the former all-nodes Type=forking unit
+#   unit <unit> <enablement> / unit <unit> <active state>
+#                                               of celery.service and celerybeat.service
 python=$1 venv=$2 app_dir=$3 user=$4 packages=$5
 shift 5
 version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || exit 1
@@ -52,6 +54,10 @@ systemctl show --property=Id,ActiveState 'celery@*.service' 2>/dev/null | {
   done
   emit
 }
+for unit in celery.service celerybeat.service; do
+  echo "unit $unit $(systemctl is-enabled "$unit" 2>/dev/null)"
+  echo "unit $unit $(systemctl is-active "$unit" 2>/dev/null)"
+done
 if grep -qs '^Type=forking' /etc/systemd/system/celery.service; then echo "legacy-unit celery.service"; fi
 if cd "$app_dir" 2>/dev/null; then
   find . -type f ! -path '*/__pycache__/*' -exec sha1sum {} + | sed 's|^\([0-9a-f]*\)  \./|app \1  |'
