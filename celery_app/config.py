@@ -20,7 +20,8 @@ include = [
     "celery_app.tasks.maintenance",
 ]
 
-# Serialization: JSON only; pickle would let anyone who can publish run code on the workers.
+# Serialization: JSON only; pickle would let anyone who can publish run code on the workers. A
+# message of another content type (pickle) is refused unread, logged, and dropped, never requeued.
 accept_content = ["json"]
 result_accept_content = ["json"]
 task_serializer = "json"

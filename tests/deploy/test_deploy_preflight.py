@@ -34,6 +34,22 @@ EXPECTED = {
     "bad-unknown-node-key": ["fatal: [worker1]", "celery_worker_nodes.queue", "missing required arguments: queues"],
     "bad-time-limits": ["worker1: celery_worker_task_soft_time_limit (60) and celery_worker_task_time_limit (60) must be",
                         "0 < soft < hard < 1800"],
+    "bad-two-brokers": ["inventory group rabbitmq must hold exactly one host; it holds 2: broker, worker1"],
+    "bad-no-nodes": ["worker1: celery_worker_nodes is empty"],
+    "bad-node-name-celerybeat": ['worker1: celery_worker_nodes: node name(s) ["celerybeat"] not valid'],
+    "bad-broadcast-node-queue": ['worker1: celery_worker_nodes lists broadcast queue(s) ["broadcast"] among a node\'s own'],
+    "bad-stop-timeout": ["worker1: celery_worker_stop_timeout is no longer used"],
+    "bad-rabbitmq-package": ['broker: rabbitmq_package must be a Debian package name; got "rabbitmq-server; curl'],
+    "bad-worker-host-name": ['worker3$(reboot): inventory host name "worker3$(reboot)" not valid for a worker host'],
+    "bad-broker-address": ['mq: ansible_host "mq.example\\"; CELERY_APP=\\"evil" must be a host name or IPv4 address'],
+    "bad-ca-bundle-missing": ['broker: fleet_ca_bundle must name a file on the controller; "/etc/ssl/no-such-bundle.pem"'],
+    "bad-ca-bundle-dotdot": ["broker: fleet_ca_bundle must be a path without '..'",
+                             "/etc/ssl/certs/../certs/ca-certificates.crt"],
+    "bad-password-file-dotdot": ["broker: fleet_broker_password_file must be an absolute path without '..'",
+                                 "/var/tmp/fleet/../../tmp/rabbitmq-celery-password"],
+    "bad-password-file-in-repository": ["broker: fleet_broker_password_file must be an absolute path without '..', "
+                                        "outside the repository or under its git-ignored .secrets/",
+                                        "/playbooks/inventories/rabbitmq-celery-password"],
 }
 
 
