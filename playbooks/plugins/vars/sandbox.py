@@ -31,13 +31,19 @@ _SSH_ARGS = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o Log
 _CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 
+_PARSED: dict[Path, tuple[int, dict]] = {}  # fleet.json -> (mtime_ns, contents): Ansible asks per host and task
+
+
 def _fleets() -> list[dict]:
     fleets = []
     for path in sorted((_STATE / "fleets").glob("*/fleet.json")):
         try:
-            fleets.append(json.loads(path.read_text()))
+            mtime = path.stat().st_mtime_ns
+            if path not in _PARSED or _PARSED[path][0] != mtime:
+                _PARSED[path] = (mtime, json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
+        fleets.append(_PARSED[path][1])
     return fleets
 
 
@@ -62,6 +68,8 @@ class VarsModule(BaseVarsPlugin):
     """Sandbox host variables, keyed by inventory directory and host name."""
 
     REQUIRES_ENABLED = True
+    # Ansible then keeps one instance instead of loading the plugin again for every host and task.
+    is_stateless = True
 
     def get_vars(self, loader, path, entities, cache=True):
         super().get_vars(loader, path, entities)
