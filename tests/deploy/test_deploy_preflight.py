@@ -32,6 +32,7 @@ EXPECTED = {
                               'worker1: ["broadcast", "maintenance"]; worker2: ["broadcast"]'],
     "bad-proxy-url": ["broker: fleet_http_proxy must be empty or an http(s)://host:port URL", "Pipeline-Depth"],
     "bad-unknown-node-key": ["fatal: [worker1]", "celery_worker_nodes.queue", "missing required arguments: queues"],
+    "bad-read-write-path": ['worker1: celery_worker_read_write_paths: path(s) ["/srv/../etc"] not valid'],
     "bad-time-limits": ["worker1: celery_worker_task_soft_time_limit (60) and celery_worker_task_time_limit (60) must be",
                         "0 < soft < hard < 1800"],
     "bad-two-brokers": ["inventory group rabbitmq must hold exactly one host; it holds 2: broker, worker1"],
