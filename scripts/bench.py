@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -68,8 +69,8 @@ def bench_sandbox() -> list[tuple[str, str]]:
     return rows
 
 
-def bench_deploy() -> list[tuple[str, str]]:
-    """Cold deploy and warm (no change) re-deploy, 3-host and 6-host sandbox fleets."""
+def bench_deploy(warm_runs: int = 3) -> list[tuple[str, str]]:
+    """Cold deploy and warm (no change) re-deploy (median of warm_runs), 3-host and 6-host sandbox fleets."""
     rows = []
     warm = {}
     for hosts in (3, 6):
@@ -78,11 +79,14 @@ def bench_deploy() -> list[tuple[str, str]]:
         _up(inventory)
         env = f"INVENTORY={inventory}"
         cold, _ = _timed(["make", "--no-print-directory", "deploy", env])
-        warm[hosts], out = _timed(["make", "--no-print-directory", "deploy", env])
+        runs = [_timed(["make", "--no-print-directory", "deploy", env]) for _ in range(warm_runs)]
+        times = [elapsed for elapsed, _ in runs]
+        warm[hosts] = statistics.median(times)
         _down(inventory)
         rows.append((f"deploy, {hosts} hosts, cold", f"{cold:.1f} s (target <= 180 s)"))
-        rows.append((f"deploy, {hosts} hosts, warm re-deploy", f"{warm[hosts]:.1f} s, changed={_changed(out)}"
-                     + (" (target <= 20 s)" if hosts == 3 else "")))
+        rows.append((f"deploy, {hosts} hosts, warm re-deploy, median of {warm_runs}",
+                     f"{warm[hosts]:.1f} s (min {min(times):.1f}, max {max(times):.1f}), "
+                     f"changed={max(_changed(out) for _, out in runs)}" + (" (target <= 20 s)" if hosts == 3 else "")))
     rows.append(("warm re-deploy, 6 hosts / 3 hosts", f"{warm[6] / warm[3]:.2f}x (target <= 1.3x)"))
     return rows
 
