@@ -9,9 +9,7 @@ many nodes to expect; the health check asks the inventory's nodes by name and re
 """
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,15 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import fleet as fleet_model  # noqa: E402
+from bench_support import deploy_default_fleet, run as _run  # noqa: E402
 
 INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 RUNS = 5
 PING_HOST = "worker1"
 STOCK_PING = ". /etc/conf.d/celery && $CELERY_BIN -A $CELERY_APP inspect ping"
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
 
 
 def _health_command() -> tuple[list[str], str]:
@@ -70,10 +65,7 @@ def _time_stock_ping(host: fleet_model.Host, runs: int) -> list[float]:
 
 def bench_health() -> list[tuple[str, str]]:
     """Median wall time of `make health` (healthy 3-host sandbox) next to a stock inspect ping on a worker."""
-    os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
-    deployed = _run(["make", "--no-print-directory", "deploy"])
-    if deployed.returncode != 0:
-        raise SystemExit(f"bench: make deploy failed:\n{deployed.stdout[-3000:]}\n{deployed.stderr[-3000:]}")
+    deploy_default_fleet()
     host = fleet_model.load_fleet(INVENTORY).host(PING_HOST)
     _, label = _health_command()
     health_times, codes = _time_health(RUNS)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import fleet as fleet_model  # noqa: E402
+from bench_support import deploy_default_fleet, run as _run  # noqa: E402
 
 INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 RUNS = 3
 RESTART_HOST = "worker1"
 POLL = 0.2  # seconds between two pings while the host's nodes come back
 GUARD = 120  # seconds: a host whose nodes are not back by then fails the bench
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
 
 
 def _restart_command() -> tuple[list[str], str]:
@@ -89,10 +85,7 @@ def _time_host_restart(fleet: fleet_model.Fleet, host: fleet_model.Host, runs: i
 
 def bench_restart() -> list[tuple[str, str]]:
     """Median wall times of a rolling restart of the idle sandbox and of one host's restart until ping."""
-    os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
-    deployed = _run(["make", "--no-print-directory", "deploy"])
-    if deployed.returncode != 0:
-        raise SystemExit(f"bench: make deploy failed:\n{deployed.stdout[-3000:]}\n{deployed.stderr[-3000:]}")
+    deploy_default_fleet()
     fleet = fleet_model.load_fleet(INVENTORY)
     host = fleet.host(RESTART_HOST)
     _, label = _restart_command()
