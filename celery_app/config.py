@@ -3,6 +3,7 @@ from kombu import Exchange as _Exchange
 from kombu import Queue as _Queue
 
 from celery_app.broadcast import broadcast_queue as _broadcast_queue
+from celery_app.settings import broker_tls_options as _broker_tls_options
 from celery_app.settings import load_settings as _load_settings
 
 _settings = _load_settings()
@@ -13,6 +14,9 @@ def _queue(name):
 
 
 broker_url = _settings.broker_url
+# amqps://: the broker's certificate and address are verified (CELERY_BROKER_CA_FILE, or the system's
+# CAs), and the client certificate is presented when CELERY_BROKER_CERT_FILE is set.
+broker_use_ssl = _broker_tls_options(_settings)
 result_backend = _settings.result_backend
 include = [
     "celery_app.tasks.examples",

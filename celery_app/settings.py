@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,9 @@ DEFAULT_ENV_FILE = "/etc/conf.d/celery"
 # Every variable the application reads, with its default (documented in celery_app/README.md).
 DEFAULTS: Mapping[str, str] = {
     "CELERY_BROKER_URL": "amqp://guest:guest@localhost:5672//",
+    "CELERY_BROKER_CA_FILE": "",
+    "CELERY_BROKER_CERT_FILE": "",
+    "CELERY_BROKER_KEY_FILE": "",
     "CELERY_RESULT_BACKEND": "rpc://",
     "CELERY_BROADCAST_QUEUES": "broadcast",
     "CELERY_STATE_DIR": "/var/lib/celery",
@@ -29,6 +33,9 @@ class Settings:
 
     broker_url: str
     result_backend: str
+    broker_ca_file: str
+    broker_cert_file: str
+    broker_key_file: str
     broadcast_queues: tuple[str, ...]
     state_dir: Path
     heartbeat_file: Path
@@ -136,11 +143,28 @@ def settings_from(environ: Mapping[str, str], file_values: Mapping[str, str]) ->
     return Settings(
         broker_url=get("CELERY_BROKER_URL"),
         result_backend=get("CELERY_RESULT_BACKEND"),
+        broker_ca_file=get("CELERY_BROKER_CA_FILE"),
+        broker_cert_file=get("CELERY_BROKER_CERT_FILE"),
+        broker_key_file=get("CELERY_BROKER_KEY_FILE"),
         broadcast_queues=split_list(get("CELERY_BROADCAST_QUEUES")) or split_list(DEFAULTS["CELERY_BROADCAST_QUEUES"]),
         state_dir=Path(get("CELERY_STATE_DIR")),
         heartbeat_file=Path(get("CELERY_HEARTBEAT_FILE")),
         log_dir=Path(get("CELERY_LOG_DIR")),
     )
+
+
+def broker_tls_options(settings: Settings) -> dict | bool:
+    """kombu/py-amqp TLS options for an amqps:// broker URL (False for amqp://): verify the broker, present the client cert."""
+    if not settings.broker_url.lower().startswith("amqps://"):
+        return False
+    # server_hostname None: kombu puts the URL's host there, so the certificate must name that address.
+    options: dict = {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
+    if settings.broker_ca_file:
+        options["ca_certs"] = settings.broker_ca_file  # otherwise the system's trusted CAs
+    if settings.broker_cert_file:
+        options["certfile"] = settings.broker_cert_file
+        options["keyfile"] = settings.broker_key_file or None
+    return options
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the controller's system packages (Debian/Ubuntu) when any is missing.
 set -euo pipefail
-packages=(systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server)
+packages=(systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

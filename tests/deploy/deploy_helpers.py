@@ -60,18 +60,18 @@ def sandbox_inventory() -> dict:
     return yaml.safe_load(SANDBOX_INVENTORY.read_text())
 
 
-def write_inventory(parent: Path, inventory: dict | str) -> Path:
-    """An inventory of the running sandbox hosts in parent/sandbox/hosts.yml, connection vars in host_vars/.
+def write_inventory(parent: Path, inventory: dict | str, source: Path = SANDBOX_INVENTORY) -> Path:
+    """An inventory of the running sandbox hosts of source in parent/<its directory name>/hosts.yml, connection vars in host_vars/.
 
-    The directory is named like the sandbox inventory's, so the deploy reuses the fleet's broker
-    password (.secrets/sandbox/): only what the inventory itself changes differs on the hosts. The
-    package proxy variables go to all.vars unless the inventory sets them (so it can get them wrong).
+    The directory is named like the source inventory's, so the deploy reuses that fleet's broker
+    password (.secrets/sandbox/ for the default): only what the inventory itself changes differs on the
+    hosts. The package proxy variables go to all.vars unless the inventory sets them (so it can get them wrong).
     """
     document = yaml.safe_load(inventory) if isinstance(inventory, str) else inventory
-    directory = parent / "sandbox"
+    directory = parent / source.parent.name
     (directory / "host_vars").mkdir(parents=True, exist_ok=True)
     fleet_vars = {}
-    for host_name, variables in inventory_hostvars().items():
+    for host_name, variables in inventory_hostvars(source).items():
         connection = {k: v for k, v in variables.items() if k.startswith("ansible_")}
         (directory / "host_vars" / f"{host_name}.yml").write_text(yaml.safe_dump(connection))
         fleet_vars.update({k: v for k, v in variables.items() if k.startswith("fleet_")})

@@ -1,0 +1,38 @@
+# What the rabbitmq role manages on the broker, in one read-only pass (tasks/probe.yml): the tasks
+# that would find everything in place are skipped (rabbitmqctl-based modules are slow).
+# Environment: PACKAGES VHOST USER_NAME COOKIE. Standard input: the password of USER_NAME (never on a
+# command line or in the environment). Arguments: PATH...
+# Output, one item a line:
+#   package <name> <dpkg status>                "install ok installed" when installed
+#   path <path> <owner:group:mode> <sha1|->     or "path <path> absent"; "-" for a directory
+#   service stale                               a PATH changed after the running broker started
+#   cookie <path> <owner:group:mode>            the Erlang cookie (never its content)
+#   vhost <name> | user <name> <[tags]>         of the running broker
+#   permission <vhost> <conf> <write> <read>    permissions of USER_NAME, on every vhost
+#   password ok                                 the password on standard input authenticates USER_NAME
+IFS= read -r USER_PASSWORD || USER_PASSWORD=''
+for package in $PACKAGES; do
+  echo "package $package $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)"
+done
+for path in "$@"; do
+  owner_mode=$(stat -c %U:%G:%a "$path" 2>/dev/null) || { echo "path $path absent"; continue; }
+  sum=-
+  if [ -f "$path" ]; then sum=$(sha1sum < "$path" | cut -c1-40); fi
+  echo "path $path $owner_mode $sum"
+done
+# A file changed after the broker started (a deploy that failed before its restart): restart it.
+started=$(systemctl show -p ActiveEnterTimestamp --value rabbitmq-server.service 2>/dev/null)
+if [ -n "$started" ] && systemctl -q is-active rabbitmq-server.service; then
+  newest=$(stat -c %Y "$@" 2>/dev/null | sort -n | tail -n 1)
+  if [ "${newest:-0}" -gt "$(date -d "$started" +%s)" ]; then echo "service stale"; fi
+fi
+if [ -f "$COOKIE" ]; then echo "cookie $COOKIE $(stat -c %U:%G:%a "$COOKIE")"; fi
+command -v rabbitmqctl >/dev/null || exit 0
+rabbitmqctl -q --no-table-headers list_vhosts name 2>/dev/null | sed 's/^/vhost /'
+rabbitmqctl -q --no-table-headers list_users 2>/dev/null | tr '\t' ' ' | sed 's/^/user /'
+rabbitmqctl -q --no-table-headers list_user_permissions "$USER_NAME" 2>/dev/null | tr '\t' ' ' | sed 's/^/permission /'
+# The password goes on standard input (printf is a shell builtin): never on a command line.
+if printf '%s\n' "$USER_PASSWORD" | rabbitmqctl -q authenticate_user "$USER_NAME" >/dev/null 2>&1; then
+  echo "password ok"
+fi
+exit 0

@@ -1,0 +1,91 @@
+"""Bad broker and TLS variables are rejected by preflight, naming host and variable, before any host changes."""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
+
+from deploy_helpers import deploy, fingerprint, recap, sandbox_inventory, write_inventory  # noqa: E402
+
+HOSTS = ["broker", "worker1", "worker2"]
+# Preflight only looks for the PEM block markers: these never reach a host.
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIBfake\n-----END PRIVATE KEY-----\n"
+TLS = {"rabbitmq_tls_ca_cert": CERT, "rabbitmq_tls_cert": CERT, "rabbitmq_tls_key": KEY}
+
+# case -> (variables of the broker, variables of worker1, what the failure must name)
+CASES = {
+    "cert without key": ({"rabbitmq_tls_ca_cert": CERT, "rabbitmq_tls_cert": CERT}, {},
+                         "broker: rabbitmq_tls_cert and rabbitmq_tls_key go together (TLS needs both); only rabbitmq_tls_cert is set"),
+    "key without cert": ({"rabbitmq_tls_ca_cert": CERT, "rabbitmq_tls_key": KEY}, {},
+                         "broker: rabbitmq_tls_cert and rabbitmq_tls_key go together (TLS needs both); only rabbitmq_tls_key is set"),
+    "TLS without CA": ({"rabbitmq_tls_cert": CERT, "rabbitmq_tls_key": KEY}, {},
+                       "broker: rabbitmq_tls_cert is set but rabbitmq_tls_ca_cert is empty"),
+    "CA without TLS": ({"rabbitmq_tls_ca_cert": CERT}, {},
+                       "broker: rabbitmq_tls_ca_cert is set but rabbitmq_tls_cert and rabbitmq_tls_key are not"),
+    "CA not a file": ({**TLS, "rabbitmq_tls_ca_cert": "/nonexistent/ca.pem"}, {},
+                      'broker: rabbitmq_tls_ca_cert must be PEM text or the path of a PEM file on the controller holding '
+                      'a certificate; "/nonexistent/ca.pem" is neither'),
+    "key that is a certificate": ({**TLS, "rabbitmq_tls_key": CERT}, {},
+                                  "broker: rabbitmq_tls_key must be PEM text or the path of a PEM file on the controller "
+                                  "holding a private key"),
+    "peer verification without TLS": ({"rabbitmq_tls_verify_peer": True}, {},
+                                      "broker: rabbitmq_tls_verify_peer is on but the broker has no TLS"),
+    "TLS only without TLS": ({"rabbitmq_tls_only": True}, {}, "broker: rabbitmq_tls_only is on but the broker has no TLS"),
+    "worker without client cert under peer verification": (
+        {**TLS, "rabbitmq_tls_verify_peer": True}, {"celery_worker_tls_cert": CERT, "celery_worker_tls_key": KEY},
+        "worker2: the broker verifies client certificates (rabbitmq_tls_verify_peer) but celery_worker_tls_cert and "
+        "celery_worker_tls_key are not set for this host"),
+    "client key without cert": (TLS, {"celery_worker_tls_key": KEY},
+                                "worker1: celery_worker_tls_cert and celery_worker_tls_key go together; "
+                                "only celery_worker_tls_key is set"),
+    "client cert without broker TLS": ({}, {"celery_worker_tls_cert": CERT, "celery_worker_tls_key": KEY},
+                                       "worker1: celery_worker_tls_cert is set but the broker has no TLS"),
+    "client cert not a file": (TLS, {"celery_worker_tls_cert": "/nonexistent/client.pem", "celery_worker_tls_key": KEY},
+                               "worker1: celery_worker_tls_ca_cert, celery_worker_tls_cert and celery_worker_tls_key must "
+                               "each be PEM text or the path of a PEM file on the controller; not a file: /nonexistent/client.pem"),
+    "disk free limit with both forms": ({"rabbitmq_disk_free_limit": {"relative": 1.0, "absolute": "2GB"}}, {},
+                                        "broker: rabbitmq_disk_free_limit must be {relative: <multiple of RAM, above 0>} or "
+                                        "{absolute: <size such as 50GB>}"),
+    "disk free limit of zero": ({"rabbitmq_disk_free_limit": {"relative": 0}}, {}, "broker: rabbitmq_disk_free_limit must be"),
+    "disk free limit in furlongs": ({"rabbitmq_disk_free_limit": {"absolute": "2 furlongs"}}, {},
+                                    "broker: rabbitmq_disk_free_limit must be"),
+    "descriptor limit too low": ({"rabbitmq_nofile_limit": 100}, {},
+                                 "broker: rabbitmq_nofile_limit must be a whole number from 1024 to 1048576; got 100"),
+}
+
+
+@pytest.fixture(scope="module")
+def fleet_before(deployed_fleet):
+    """The deployed hosts' fingerprints before any bad inventory is tried."""
+    return fingerprint(HOSTS)
+
+
+def _inventory(broker_vars: dict, worker_vars: dict) -> dict:
+    """The sandbox inventory with variables added to the broker and to worker1."""
+    inventory = copy.deepcopy(sandbox_inventory())
+    children = inventory["all"]["children"]
+    children["rabbitmq"]["hosts"]["broker"] = broker_vars
+    children["celery_workers"]["hosts"]["worker1"] = {**children["celery_workers"]["hosts"]["worker1"], **worker_vars}
+    return inventory
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_broker_variables_are_rejected_before_any_host_changes(fleet_before, tmp_path, case):
+    broker_vars, worker_vars, expected = CASES[case]
+
+    run = deploy(write_inventory(tmp_path, _inventory(broker_vars, worker_vars)))
+
+    assert run.returncode != 0
+    assert expected in run.stdout, run.stdout[-3000:]
+    assert "MIIBfake" not in run.stdout  # PEM text is never echoed
+    assert "PLAY [Broker is installed and running]" not in run.stdout
+    assert not re.search(r"^changed: \[", run.stdout, re.MULTILINE), run.stdout[-3000:]
+    assert all(s["changed"] == 0 for s in recap(run.stdout).values())
+    assert fingerprint(HOSTS) == fleet_before
