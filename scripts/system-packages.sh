@@ -2,9 +2,11 @@
 # Install the controller's system packages (Debian/Ubuntu) when any is missing.
 set -euo pipefail
 packages=(systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl)
+# One dpkg-query for all of them: every make target runs this check (eight calls cost 0.13 s).
+installed=" $(dpkg-query -W -f='${Status} ${Package}\n' "${packages[@]}" 2>/dev/null | sed -n 's/^install ok installed //p' | tr '\n' ' ' || true)"
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  [[ $installed == *" $p "* ]] || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
