@@ -85,7 +85,7 @@ def test_bad_broker_variables_are_rejected_before_any_host_changes(fleet_before,
     assert run.returncode != 0
     assert expected in run.stdout, run.stdout[-3000:]
     assert "MIIBfake" not in run.stdout  # PEM text is never echoed
-    assert "PLAY [Broker is installed and running]" not in run.stdout
+    assert "PLAY [Broker and workers are installed and running]" not in run.stdout
     assert not re.search(r"^changed: \[", run.stdout, re.MULTILINE), run.stdout[-3000:]
     assert all(s["changed"] == 0 for s in recap(run.stdout).values())
     assert fingerprint(HOSTS) == fleet_before

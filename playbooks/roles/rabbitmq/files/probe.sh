@@ -28,9 +28,19 @@ if [ -n "$started" ] && systemctl -q is-active rabbitmq-server.service; then
 fi
 if [ -f "$COOKIE" ]; then echo "cookie $COOKIE $(stat -c %U:%G:%a "$COOKIE")"; fi
 command -v rabbitmqctl >/dev/null || exit 0
-rabbitmqctl -q --no-table-headers list_vhosts name 2>/dev/null | sed 's/^/vhost /'
-rabbitmqctl -q --no-table-headers list_users 2>/dev/null | tr '\t' ' ' | sed 's/^/user /'
-rabbitmqctl -q --no-table-headers list_user_permissions "$USER_NAME" 2>/dev/null | tr '\t' ' ' | sed 's/^/permission /'
+# Vhosts, users and the user's permissions in one rabbitmqctl run: each run starts an Erlang VM
+# (about a second of CPU), the longest part of a re-deploy's broker probe. USER_NAME is the role's
+# fixed user name (letters only), safe inside the Erlang string.
+rabbitmqctl -q eval "
+  [io:format(\"vhost ~s~n\", [V]) || V <- rabbit_vhost:list_names()],
+  [io:format(\"user ~s ~p~n\", [proplists:get_value(user, U), proplists:get_value(tags, U)])
+   || U <- rabbit_auth_backend_internal:list_users()],
+  try rabbit_auth_backend_internal:list_user_permissions(<<\"$USER_NAME\">>) of
+    Permissions -> [io:format(\"permission ~s ~s ~s ~s~n\", [proplists:get_value(K, P) || K <- [vhost, configure, write, read]])
+                    || P <- Permissions]
+  catch _:_ -> ok
+  end,
+  done." 2>/dev/null | grep -v '^done$'
 # The password goes on standard input (printf is a shell builtin): never on a command line.
 if printf '%s\n' "$USER_PASSWORD" | rabbitmqctl -q authenticate_user "$USER_NAME" >/dev/null 2>&1; then
   echo "password ok"
