@@ -741,6 +741,8 @@ def inspect_nodes(broker_url: str, nodes: Sequence[str], ping_timeout: float, co
     app.conf.update(broker_connection_timeout=connect_timeout, broker_connection_retry=False,
                     broker_connection_max_retries=1, accept_content=["json"])
     connected = threading.Event()
+    with app.connection_for_write() as conn:
+        conn.transport  # noqa: B018 - imports the transport here, not in both threads below at once
 
     def ask(method: str) -> dict[str, Any]:
         with app.connection_for_write(connect_timeout=connect_timeout) as conn:
@@ -785,9 +787,13 @@ def check(fleet: fleet_model.Fleet, *, connect_timeout: float = DEFAULT_CONNECT_
     deadline = started + bound
     hosts = checked_hosts(fleet)
     ssh = _Background(lambda: probe_hosts(hosts, connect_timeout, deadline, bound))
+    # Celery is imported while the probes are on their way, and in this thread only: celery's modules
+    # import one another circularly, so a second thread importing them at once may get one half-made.
+    import celery.app.control  # noqa: F401
+
+    period = app_beat_period() if period is None else period
     celery = _Background(lambda: inspect_nodes(fleet.broker_url, fleet.node_names, ping_timeout, connect_timeout,
                                                deadline))
-    period = app_beat_period() if period is None else period
     view = celery.result(deadline + 0.5, default=CeleryView(timeout=ping_timeout,
                                                             error=f"no answer within {bound:g} s"))
     probes = ssh.result(deadline + 0.5, default={})
@@ -840,7 +846,7 @@ def thresholds_from(options: argparse.Namespace) -> Thresholds:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     # Reading the inventory (cached; ansible-inventory, a second or so, when an input changed) overlaps
-    # importing Fabric. Celery is imported by check() while the SSH probes are on their way.
+    # importing Fabric. check() imports Celery once the SSH probes are on their way.
     loading = _Background(lambda: fleet_model.load_fleet(options.inventory))
     import fabric  # noqa: F401
 
