@@ -14,9 +14,12 @@ FORMAT ?= text
 PYTEST_ARGS ?=
 SERIAL ?= 1
 BENCH ?=
+HOSTS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LIMIT_ARG = $(if $(LIMIT),--limit "$(LIMIT)")
+SHELL_SCRIPTS := $(wildcard scripts/*.sh) .ci/run
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ARGS
@@ -29,57 +32,64 @@ help: ## Show this help
 setup: $(STAMP) ## Install system packages and the controller environment (.venv)
 	@scripts/system-packages.sh
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 .PHONY: sandbox-up
 sandbox-up: setup ## Boot one sandbox host per inventory host [INVENTORY=path]
-	$(BIN)/python scripts/sandbox.py up $(INVENTORY)
+	$(BIN)/fleetctl sandbox up $(INVENTORY)
 
 .PHONY: sandbox-down
 sandbox-down: ## Stop and remove the inventory's sandbox hosts [INVENTORY=path]
-	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/sandbox.py down $(INVENTORY); else $(PYTHON) scripts/sandbox.py down $(INVENTORY); fi
+	@if [ -x $(BIN)/fleetctl ]; then $(BIN)/fleetctl sandbox down $(INVENTORY); else PYTHONPATH=scripts $(PYTHON) -m fleetctl sandbox down $(INVENTORY); fi
 
 .PHONY: sandbox-status
 sandbox-status: ## List sandbox hosts, addresses and state
-	@$(PYTHON) scripts/sandbox.py status
+	@if [ -x $(BIN)/fleetctl ]; then $(BIN)/fleetctl sandbox status; else PYTHONPATH=scripts $(PYTHON) -m fleetctl sandbox status; fi
 
 .PHONY: deploy
 deploy: setup ## Deploy the fleet [INVENTORY=path] [LIMIT=hosts] [CHECK=1]
 	@INVENTORY=$(INVENTORY) LIMIT=$(LIMIT) CHECK=$(CHECK) scripts/deploy.sh
 
 .PHONY: broadcast
-broadcast: setup ## Run a maintenance task on every node: TASK=name [ARGS=json] [TIMEOUT=s] [FORMAT=json]
-	@$(BIN)/python scripts/broadcast.py --inventory "$(INVENTORY)" --task "$(TASK)" --args "$$ARGS" \
+broadcast: setup ## Run a maintenance task on every node: TASK=name [ARGS=json] [LIMIT=hosts] [TIMEOUT=s] [FORMAT=json]
+	@$(BIN)/fleetctl broadcast --inventory "$(INVENTORY)" $(LIMIT_ARG) --task "$(TASK)" --args "$$ARGS" \
 		--timeout "$(TIMEOUT)" --format "$(FORMAT)"
 
 .PHONY: health
-health: setup ## Check every host, unit, node, queue and beat against the inventory [INVENTORY=path] [FORMAT=json]
-	@$(BIN)/python scripts/health.py --inventory "$(INVENTORY)" --format "$(FORMAT)"
+health: setup ## Check every host, unit, node, queue and beat against the inventory [INVENTORY=path] [LIMIT=hosts] [FORMAT=json]
+	@$(BIN)/fleetctl health --inventory "$(INVENTORY)" $(LIMIT_ARG) --format "$(FORMAT)"
 
 .PHONY: status
-status: setup ## One row per host: OK / WARN / FAIL / DOWN and why [INVENTORY=path] [FORMAT=json]
-	@$(BIN)/python scripts/health.py --inventory "$(INVENTORY)" --format "$(FORMAT)" --summary
+status: setup ## One row per host: OK / WARN / FAIL / DOWN and why [INVENTORY=path] [LIMIT=hosts] [FORMAT=json]
+	@$(BIN)/fleetctl status --inventory "$(INVENTORY)" $(LIMIT_ARG) --format "$(FORMAT)"
 
 .PHONY: restart
-restart: setup ## Rolling restart of the workers, SERIAL hosts at a time: drain, restart, verify [INVENTORY=path] [SERIAL=1] [FORMAT=json]
-	@$(BIN)/python scripts/restart.py --inventory "$(INVENTORY)" --serial "$(SERIAL)" --format "$(FORMAT)"
+restart: setup ## Rolling restart of the workers, SERIAL hosts at a time: drain, restart, verify [INVENTORY=path] [LIMIT=hosts] [SERIAL=1] [FORMAT=json|json-lines]
+	@$(BIN)/fleetctl restart --inventory "$(INVENTORY)" $(LIMIT_ARG) --serial "$(SERIAL)" --format "$(FORMAT)"
 
 .PHONY: lint
-lint: setup ## Run ansible-lint (production profile) and yamllint
+lint: setup ## Run ruff, shellcheck, yamllint and ansible-lint (production profile)
+	$(BIN)/ruff check .
+	shellcheck $(SHELL_SCRIPTS)
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production playbooks/
 
+.PHONY: test-unit
+test-unit: $(STAMP) ## Run the fast tier: no root, no sandbox, no broker (well under a minute)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS) tests/unit
+
 .PHONY: test
-test: setup ## Run the whole test suite (lint, unit, sandbox fleet)
+test: setup ## Run the whole test suite (lint, fast tier, broker and sandbox fleet tiers)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS) tests
 
 .PHONY: bench
-bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart"]
-	$(BIN)/python scripts/bench.py $(BENCH)
+bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart scale"] [HOSTS=24]
+	$(BIN)/fleetctl bench $(BENCH) $(if $(HOSTS),--hosts $(HOSTS))
 
 .PHONY: clean
 clean: ## Remove the controller environment (the sandbox stays; see sandbox-down)

@@ -24,7 +24,7 @@ case "${CHECK:-}" in
 esac
 
 if [ "$(realpath "$inventory")" = "$(realpath "$sandbox_inventory")" ]; then
-  "$venv/bin/python" scripts/sandbox.py up "$inventory"
+  "$venv/bin/fleetctl" sandbox up "$inventory"
 fi
 
 exec "$venv/bin/ansible-playbook" "${args[@]}" playbooks/site.yml

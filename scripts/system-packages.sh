@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the controller's system packages (Debian/Ubuntu) when any is missing.
 set -euo pipefail
-packages=(systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl)
+packages=(systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl shellcheck)
 # One dpkg-query for all of them: every make target runs this check (eight calls cost 0.13 s).
 installed=" $(dpkg-query -W -f='${Status} ${Package}\n' "${packages[@]}" 2>/dev/null | sed -n 's/^install ok installed //p' | tr '\n' ' ' || true)"
 missing=()

@@ -1,22 +1,10 @@
-"""The fleet an Ansible inventory describes (hosts, Celery nodes, beat host, broadcast queues, broker URL).
-
-API (shared by scripts/broadcast.py, Fabric health checks and rolling restarts):
-
-- ``load_fleet(inventory)`` -> ``Fleet``: runs ``ansible-inventory --list`` from the repository root
-  (ANSIBLE_CONFIG=ansible.cfg) and resolves the broker URL; raises ``FleetError``.
-- ``parse_inventory(data)`` -> ``Fleet``: the pure part, from the ``--list`` JSON (no broker URL).
-- ``Fleet.workers`` / ``Fleet.nodes`` / ``Fleet.node_names`` / ``Fleet.host(name)`` / ``Fleet.beat``.
-- ``Host.address`` / ``Host.user`` / ``Host.port`` / ``Host.key_file``: how to reach a host over SSH, from the
-  hostvars ``ansible_host``, ``ansible_user``, ``ansible_port`` and ``ansible_ssh_private_key_file`` (None when
-  the inventory leaves them to SSH's own defaults).
-- ``broker_url(address, password)`` and ``redact(text)`` (hide passwords in URLs before printing).
+"""The fleet an Ansible inventory describes: hosts, Celery nodes, beat host, broadcast queues, broker URL.
 
 Defaults follow docs/CONVENTIONS.md: ``celery_worker_nodes`` defaults to one node
-``{name: celery, queues: [celery], concurrency: 2}`` (a node entry's missing queues/concurrency take
-those values too), ``celery_broadcast_queues`` to ``[broadcast]``. The broker URL is
-``amqp://celery:<password>@<rabbitmq host's ansible_host or name>:5672/celery`` with the password from
-``.secrets/<inventory directory name>/rabbitmq-celery-password``; CELERY_BROKER_URL in the environment
-overrides it (tests). ``Fleet.broker_url`` is None when neither is available, and never in ``repr``.
+``{name: celery, queues: [celery], concurrency: 2}``, ``celery_broadcast_queues`` to ``[broadcast]``. The
+broker URL is ``amqp://celery:<password>@<rabbitmq host's ansible_host or name>:5672/celery`` with the
+password from ``.secrets/<inventory directory name>/rabbitmq-celery-password``; CELERY_BROKER_URL in the
+environment overrides it. ``Fleet.broker_url`` is None when neither is available, and never in ``repr``.
 """
 from __future__ import annotations
 
@@ -26,14 +14,15 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SECRETS_ROOT = REPO_ROOT / ".secrets"
+from fleetctl.errors import EXIT_USAGE, UnavailableError
+from fleetctl.paths import ANSIBLE_CONFIG, CACHE_DIR, REPO_ROOT, SECRETS_ROOT, VENV_BIN
+
 PASSWORD_FILE = "rabbitmq-celery-password"
 BROKER_USER = "celery"
 BROKER_VHOST = "celery"
@@ -45,8 +34,14 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<
 _UNSAFE = "__ansible_unsafe"
 
 
-class FleetError(Exception):
-    """The inventory cannot be read or breaks the fleet contract."""
+class FleetError(UnavailableError):
+    """The inventory cannot be read or breaks the fleet contract (exit 3)."""
+
+
+class InventoryNotFound(FleetError):
+    """The inventory path names nothing: a usage error (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -103,6 +98,15 @@ class Fleet:
     broker_host: str | None
     broadcast_queues: tuple[str, ...] = DEFAULT_BROADCAST_QUEUES
     broker_url: str | None = field(default=None, repr=False, compare=False)
+    selected: frozenset[str] | None = None  # --limit: the hosts worked on (None: every host)
+
+    def limited(self, names: Iterable[str] | None) -> Fleet:
+        """The same fleet with only names worked on (health, restart, broadcast); None: every host."""
+        return replace(self, selected=None if names is None else frozenset(names))
+
+    def in_scope(self, host: Host) -> bool:
+        """Whether host is worked on (in the --limit, or there is none)."""
+        return self.selected is None or host.name in self.selected
 
     def host(self, name: str) -> Host:
         """The host called name (KeyError if none)."""
@@ -114,7 +118,7 @@ class Fleet:
     @property
     def workers(self) -> tuple[Host, ...]:
         """Hosts in group celery_workers, in inventory order."""
-        return tuple(host for host in self.hosts if host.is_worker)
+        return tuple(host for host in self.hosts if host.is_worker and self.in_scope(host))
 
     @property
     def nodes(self) -> tuple[Node, ...]:
@@ -135,6 +139,14 @@ class Fleet:
     def broker_address(self) -> str | None:
         """Address of the rabbitmq host."""
         return self.host(self.broker_host).address if self.broker_host else None
+
+    def require_broker_url(self, inventory: str | os.PathLike = "") -> str:
+        """The broker URL, or FleetError saying where it would come from."""
+        if self.broker_url:
+            return self.broker_url
+        where = inventory or "inventory"
+        raise FleetError(f"{where}: no broker URL (no rabbitmq host, or no "
+                         f"{secrets_dir(inventory or '.')}/{PASSWORD_FILE}: deploy first; CELERY_BROKER_URL overrides)")
 
 
 def unwrap(value: Any) -> Any:
@@ -277,7 +289,7 @@ def read_password(inventory: str | os.PathLike, root: Path = SECRETS_ROOT) -> st
         return None
 
 
-INVENTORY_CACHE = REPO_ROOT / ".cache" / "inventory"
+INVENTORY_CACHE = CACHE_DIR / "inventory"
 
 
 def _inventory_inputs(inventory: Path) -> list[Path]:
@@ -287,7 +299,7 @@ def _inventory_inputs(inventory: Path) -> list[Path]:
     for vars_dir in ("group_vars", "host_vars"):
         files += [p for p in (base / vars_dir).rglob("*") if p.is_file()]
     files += sorted((REPO_ROOT / ".sandbox" / "fleets").glob("*/fleet.json"))
-    files += [REPO_ROOT / "ansible.cfg", *sorted((REPO_ROOT / "playbooks" / "plugins").rglob("*.py"))]
+    files += [ANSIBLE_CONFIG, *sorted((REPO_ROOT / "playbooks" / "plugins").rglob("*.py"))]
     return sorted(set(files))
 
 
@@ -302,17 +314,18 @@ def inventory_fingerprint(inventory: Path, files: list[Path], environ: Mapping[s
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def run_ansible_inventory(inventory: str | os.PathLike, timeout: float = 120) -> dict[str, Any]:
-    """``ansible-inventory -i inventory --list``, decoded; cached until one of its inputs changes."""
+def run_ansible_inventory(inventory: str | os.PathLike, timeout: float = 120,
+                          limit: str | None = None) -> dict[str, Any]:
+    """``ansible-inventory -i inventory --list [--limit]``, decoded; cached until one of its inputs changes."""
     path = Path(inventory).resolve()
     if not path.exists():
-        raise FleetError(f"inventory not found: {inventory}")
-    key = inventory_fingerprint(path, _inventory_inputs(path), os.environ)
-    prefix = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        raise InventoryNotFound(f"inventory not found: {inventory}")
+    key = inventory_fingerprint(path, _inventory_inputs(path), {**os.environ, "ANSIBLE_LIMIT": limit or ""})
+    prefix = hashlib.sha256(f"{path}\0{limit or ''}".encode()).hexdigest()[:12]
     cached = INVENTORY_CACHE / f"{prefix}-{key[:24]}.json"
     with contextlib.suppress(OSError, ValueError):
         return json.loads(cached.read_text())
-    data = _ansible_inventory(path, timeout)
+    data = _ansible_inventory(path, timeout, limit)
     with contextlib.suppress(OSError):
         INVENTORY_CACHE.mkdir(parents=True, exist_ok=True)
         for stale in INVENTORY_CACHE.glob(f"{prefix}-*.json"):
@@ -323,14 +336,13 @@ def run_ansible_inventory(inventory: str | os.PathLike, timeout: float = 120) ->
     return data
 
 
-def _ansible_inventory(inventory: Path, timeout: float) -> dict[str, Any]:
-    """``ansible-inventory -i inventory --list``, decoded; run from the repository root."""
-    binary = REPO_ROOT / ".venv" / "bin" / "ansible-inventory"
+def _ansible_inventory(inventory: Path, timeout: float, limit: str | None = None) -> dict[str, Any]:
+    """``ansible-inventory -i inventory --list [--limit]``, decoded; run from the repository root."""
+    binary = VENV_BIN / "ansible-inventory"
     command = [str(binary) if binary.exists() else "ansible-inventory", "-i", str(Path(inventory).resolve()), "--list"]
+    command += ["--limit", limit] if limit else []
     # An inventory ansible cannot parse is an error, not an empty fleet.
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"), "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True"}
-    if not Path(inventory).exists():
-        raise FleetError(f"inventory not found: {inventory}")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_CONFIG), "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True"}
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -343,14 +355,26 @@ def _ansible_inventory(inventory: Path, timeout: float) -> dict[str, Any]:
         raise FleetError(f"ansible-inventory printed no JSON: {exc}") from None
 
 
+def limit_hosts(inventory: str | os.PathLike, pattern: str) -> tuple[str, ...]:
+    """The inventory's hosts an Ansible host pattern (``--limit``) selects; FleetError when it selects none."""
+    data = unwrap(run_ansible_inventory(inventory, limit=pattern))
+    names = tuple(dict.fromkeys([*((data.get("_meta") or {}).get("hostvars") or {}),
+                                 *(h for hosts in _group_members(data).values() for h in hosts)]))
+    if not names:
+        raise InventoryNotFound(f"{inventory}: --limit {pattern!r} matches no host")
+    return names
+
+
 def load_fleet(
     inventory: str | os.PathLike, *, environ: Mapping[str, str] | None = None, secrets_root: Path = SECRETS_ROOT,
+    limit: str | None = None,
 ) -> Fleet:
     """The Fleet of inventory, with its broker URL (CELERY_BROKER_URL overrides the secrets file)."""
     environ = os.environ if environ is None else environ
     fleet = parse_inventory(run_ansible_inventory(inventory))
+    fleet = fleet.limited(limit_hosts(inventory, limit) if limit else None)
     url = environ.get("CELERY_BROKER_URL") or None
     if url is None and fleet.broker_address:
         password = read_password(inventory, secrets_root)
         url = broker_url(fleet.broker_address, password) if password else None
-    return Fleet(fleet.hosts, fleet.beat_host, fleet.broker_host, fleet.broadcast_queues, url)
+    return replace(fleet, broker_url=url)

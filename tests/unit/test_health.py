@@ -1,4 +1,4 @@
-"""scripts/health.py without a fleet: verdicts, queue drift, thresholds, the table, the probe on this machine."""
+"""Health without a fleet: verdicts, queue drift, thresholds, the table, JSON, the probe on this machine."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from celery.schedules import schedule
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+from fleetctl import inventory as fleet
+from fleetctl.cli import main
+from fleetctl.errors import EXIT_USAGE
+from fleetctl.health import gather, model, render, verdict
+from fleetctl.health.model import CeleryView, Probe, Report, Row, Thresholds
 
-import fleet  # noqa: E402
-import health  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 FLEET = fleet.Fleet(
     hosts=(
@@ -28,7 +30,7 @@ FLEET = fleet.Fleet(
     ),
     beat_host="w2", broker_host="mq", broadcast_queues=("broadcast",),
 )
-LENIENT = health.Thresholds()
+LENIENT = Thresholds()
 
 
 def _queue(name: str) -> dict:
@@ -39,7 +41,7 @@ def _broadcast(name: str, node: str) -> dict:
     return {"name": f"{name}.{node}", "exchange": {"name": name, "type": "fanout"}, "alias": name}
 
 
-def _probe(host: str, workers=(), units=("celery.service",), heartbeat_age=5.0, **metrics) -> health.Probe:
+def _probe(host: str, workers=(), units=("celery.service",), heartbeat_age=5.0, **metrics) -> Probe:
     data = {
         "units": {unit: {"load": "loaded", "active": "active", "sub": "running", "active_for": 600.0}
                   for unit in units},
@@ -48,10 +50,10 @@ def _probe(host: str, workers=(), units=("celery.service",), heartbeat_age=5.0, 
         "disk_percent": {"/": metrics.get("disk", 40.0), "/var/log": 40.0},
         "workers": [{"pid": 100 + i, "node": node} for i, node in enumerate(workers)], "pidfiles": [],
     }
-    return health.Probe(host, data=data)
+    return Probe(host, data=data)
 
 
-def _healthy_probes() -> dict[str, health.Probe]:
+def _healthy_probes() -> dict[str, Probe]:
     return {
         "mq": _probe("mq", units=("rabbitmq-server.service",), heartbeat_age=None),
         "w1": _probe("w1", workers=("calc@w1", "reports@w1"), heartbeat_age=40.0),
@@ -59,13 +61,13 @@ def _healthy_probes() -> dict[str, health.Probe]:
     }
 
 
-def _healthy_view() -> health.CeleryView:
+def _healthy_view() -> CeleryView:
     queues = {node.full_name: [_queue(q) for q in node.queues] + [_broadcast("broadcast", node.full_name)]
               for node in FLEET.nodes}
-    return health.CeleryView(pings={name: {"ok": "pong"} for name in FLEET.node_names}, queues=queues, timeout=2)
+    return CeleryView(pings={name: {"ok": "pong"} for name in FLEET.node_names}, queues=queues, timeout=2)
 
 
-def _rows(rows) -> dict[str, health.Row]:
+def _rows(rows) -> dict[str, Row]:
     return {row.name: row for row in rows}
 
 
@@ -73,38 +75,39 @@ def _rows(rows) -> dict[str, health.Row]:
 
 @pytest.mark.parametrize("value, status", [(None, "OK"), (79.9, "OK"), (80, "WARN"), (89.9, "WARN"), (90, "FAIL")])
 def test_metric_grade_turns_warn_then_fail_at_its_thresholds(value, status):
-    assert health.grade(value, 80, 90) == status
+    assert verdict.grade(value, 80, 90) == status
 
 
 def test_broadcast_queue_of_a_node_counts_under_its_alias():
     queues = [_queue("calc"), _broadcast("broadcast", "calc@w1"),
               {"name": "urgent.calc@w1", "exchange": {"name": "urgent", "type": "fanout"}}]
-    assert health.consumed_queue_names(queues) == ("calc", "broadcast", "urgent")
+    assert verdict.consumed_queue_names(queues) == ("calc", "broadcast", "urgent")
 
 
 def test_queue_drift_names_missing_and_extra_queues():
-    missing, extra = health.queue_drift(["calc", "celery", "broadcast"], ["celery", "broadcast", "reports"])
+    missing, extra = verdict.queue_drift(["calc", "celery", "broadcast"], ["celery", "broadcast", "reports"])
     assert (missing, extra) == (("calc",), ("reports",))
-    assert health.describe_drift(missing, extra) == "queue drift: missing calc; extra reports"
+    drift = model.Finding("FAIL", "queue_drift", {"missing": missing, "extra": extra})
+    assert render.describe(drift) == "queue drift: missing calc; extra reports"
 
 
 def test_expected_queues_are_the_node_queues_then_the_broadcast_queues():
     node = fleet.Node("calc", "w1", ("calc", "broadcast"), 2)
-    assert health.expected_queues(node, ("broadcast", "urgent")) == ("calc", "broadcast", "urgent")
+    assert verdict.expected_queues(node, ("broadcast", "urgent")) == ("calc", "broadcast", "urgent")
 
 
 @pytest.mark.parametrize("entry, period", [
     ({"heartbeat": {"schedule": 30.0}}, 30.0),
     ({"heartbeat": {"schedule": timedelta(minutes=1)}}, 60.0),
     ({"heartbeat": {"schedule": schedule(45)}}, 45.0),
-    ({}, health.DEFAULT_BEAT_PERIOD),
+    ({}, model.DEFAULT_BEAT_PERIOD),
 ])
 def test_beat_period_comes_from_the_heartbeat_entry_of_beat_schedule(entry, period):
-    assert health.beat_period(entry) == period
+    assert verdict.beat_period(entry) == period
 
 
 def test_the_app_beat_schedule_gives_a_30_second_period():
-    assert health.app_beat_period() == 30.0
+    assert gather.app_beat_period() == 30.0
 
 
 @pytest.mark.parametrize("age, up_for, status", [
@@ -112,26 +115,26 @@ def test_the_app_beat_schedule_gives_a_30_second_period():
     (None, 20.0, "WARN"), (200.0, 20.0, "WARN"), (None, None, "FAIL"),
 ])
 def test_heartbeat_older_than_two_periods_fails_unless_beat_just_started(age, up_for, status):
-    assert health.heartbeat_verdict(age, up_for, 30.0, 2.0)[0] == status
+    assert verdict.heartbeat_verdict(age, up_for, 30.0, 2.0)[0] == status
 
 
 # Verdicts.
 
 def test_healthy_fleet_has_one_ok_row_per_host_and_node_and_leaves_bystanders_alone():
-    rows = health.evaluate(FLEET, _healthy_probes(), _healthy_view(), LENIENT, 30.0)
+    rows = verdict.evaluate(FLEET, _healthy_probes(), _healthy_view(), LENIENT, 30.0)
     assert [(row.kind, row.name) for row in rows] == [
         ("host", "mq"), ("host", "w1"), ("node", "calc@w1"), ("node", "reports@w1"), ("host", "w2"),
         ("node", "celery@w2")]
     assert {row.status for row in rows} == {"OK"}
-    assert "heartbeat 5 s ago" in _rows(rows)["w2"].facts  # the newest of w1's and w2's
+    assert "heartbeat 5 s ago" in render.facts(_rows(rows)["w2"])  # the newest of w1's and w2's
 
 
 def test_unreachable_host_is_down_and_so_are_its_silent_nodes():
-    probes = {**_healthy_probes(), "w1": health.Probe("w1", error="no SSH connection within 3 s", down=True)}
+    probes = {**_healthy_probes(), "w1": Probe("w1", error="no SSH connection within 3 s", down=True)}
     view = _healthy_view()
-    view = health.CeleryView(pings={"celery@w2": {"ok": "pong"}}, queues=view.queues, timeout=2)
-    rows = _rows(health.evaluate(FLEET, probes, view, LENIENT, 30.0))
-    assert rows["w1"].status == "DOWN" and "no SSH connection within 3 s" in rows["w1"].reasons[0]
+    view = CeleryView(pings={"celery@w2": {"ok": "pong"}}, queues=view.queues, timeout=2)
+    rows = _rows(verdict.evaluate(FLEET, probes, view, LENIENT, 30.0))
+    assert rows["w1"].status == "DOWN" and "no SSH connection within 3 s" in render.reasons(rows["w1"])[0]
     assert rows["calc@w1"].status == rows["reports@w1"].status == "DOWN"
     assert rows["w2"].status == rows["celery@w2"].status == "OK"
 
@@ -141,10 +144,10 @@ def test_silent_node_with_a_stale_pid_file_is_named_with_it():
     probes["w1"].data["workers"] = [{"pid": 100, "node": "calc@w1"}]
     probes["w1"].data["pidfiles"] = [{"path": "/run/celery/reports.pid", "name": "reports", "pid": 7, "alive": False}]
     view = _healthy_view()
-    view = health.CeleryView(pings={k: v for k, v in view.pings.items() if k != "reports@w1"}, queues=view.queues)
-    row = _rows(health.evaluate(FLEET, probes, view, LENIENT, 30.0))["reports@w1"]
+    view = CeleryView(pings={k: v for k, v in view.pings.items() if k != "reports@w1"}, queues=view.queues)
+    row = _rows(verdict.evaluate(FLEET, probes, view, LENIENT, 30.0))["reports@w1"]
     assert row.status == "FAIL"
-    assert row.reasons == ("no answer to ping within 2 s; no worker process on the host "
+    assert render.reasons(row) == ("no answer to ping within 2 s; no worker process on the host "
                            "(stale pid file /run/celery/reports.pid)",)
 
 
@@ -152,22 +155,23 @@ def test_queue_drift_fails_the_node():
     view = _healthy_view()
     view.queues["calc@w1"].pop(0)  # calc
     view.queues["calc@w1"].append(_queue("reports"))
-    row = _rows(health.evaluate(FLEET, _healthy_probes(), view, LENIENT, 30.0))["calc@w1"]
-    assert row.status == "FAIL" and row.reasons == ("queue drift: missing calc; extra reports",)
-    assert "queues celery, broadcast, reports" in row.facts  # inventory order, then the extra ones
+    row = _rows(verdict.evaluate(FLEET, _healthy_probes(), view, LENIENT, 30.0))["calc@w1"]
+    assert row.status == "FAIL" and render.reasons(row) == ("queue drift: missing calc; extra reports",)
+    assert "queues celery, broadcast, reports" in render.facts(row)  # inventory order, then the extra ones
 
 
 def test_unexpected_and_duplicate_nodes_are_flagged():
     probes = _healthy_probes()
     probes["w2"].data["workers"] += [{"pid": 300, "node": "stray@w2"}, {"pid": 301, "node": "calc@w1"}]
-    rows = health.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0)
+    rows = verdict.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0)
     named = _rows(rows)
-    assert named["stray@w2"].status == "FAIL" and "not in the inventory (pid 300)" in named["stray@w2"].reasons[0]
+    stray = named["stray@w2"]
+    assert stray.status == "FAIL" and "not in the inventory (pid 300)" in render.reasons(stray)[0]
     duplicate = [row for row in rows if row.name == "calc@w1"]
     assert [row.host for row in duplicate] == ["w1", "w2"]
     assert all(row.status == "FAIL" for row in duplicate)
-    assert "2 worker processes named calc@w1 (w1 pid 100, w2 pid 301)" in duplicate[0].reasons
-    assert "the inventory puts it on w1" in duplicate[1].reasons[0]
+    assert "2 worker processes named calc@w1 (w1 pid 100, w2 pid 301)" in render.reasons(duplicate[0])
+    assert "the inventory puts it on w1" in render.reasons(duplicate[1])[0]
 
 
 def test_stopped_units_and_a_second_beat_fail_their_host():
@@ -175,45 +179,45 @@ def test_stopped_units_and_a_second_beat_fail_their_host():
     probes["w1"].data["units"]["celery.service"].update(active="inactive", sub="dead")
     probes["w1"].data["units"]["celerybeat.service"] = {"active": "active", "sub": "running"}
     probes["w2"].data["units"]["celerybeat.service"].update(active="failed", sub="failed")
-    rows = _rows(health.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0))
-    assert rows["w1"].reasons == ("celery.service inactive (dead)",
+    rows = _rows(verdict.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0))
+    assert render.reasons(rows["w1"]) == ("celery.service inactive (dead)",
                                   "celerybeat.service active, but beat belongs on w2 only")
-    assert rows["w2"].status == "FAIL" and rows["w2"].reasons[0] == "celerybeat.service failed"
+    assert rows["w2"].status == "FAIL" and render.reasons(rows["w2"])[0] == "celerybeat.service failed"
 
 
 def test_host_metrics_over_thresholds_warn_or_fail_with_the_limit():
     probes = _healthy_probes()
     probes["w1"] = _probe("w1", workers=("calc@w1", "reports@w1"), load=2.0, disk=93.0)
-    rows = _rows(health.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0))
+    rows = _rows(verdict.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0))
     assert rows["w1"].status == "FAIL"
-    assert rows["w1"].reasons == ("load 2.00/cpu (>= 1.50/cpu)", "disk / 93% (>= 90%)")
+    assert render.reasons(rows["w1"]) == ("load 2.00/cpu (>= 1.50/cpu)", "disk / 93% (>= 90%)")
 
 
 def test_broker_unreachable_fails_the_broker_host_and_leaves_nodes_unchecked():
-    view = health.CeleryView(error="OSError: [Errno 111] Connection refused")
-    rows = _rows(health.evaluate(FLEET, _healthy_probes(), view, LENIENT, 30.0))
-    assert rows["mq"].status == "FAIL" and "broker unreachable" in rows["mq"].reasons[0]
-    assert rows["calc@w1"].reasons == ("not checked: broker unreachable",)
+    view = CeleryView(error="OSError: [Errno 111] Connection refused")
+    rows = _rows(verdict.evaluate(FLEET, _healthy_probes(), view, LENIENT, 30.0))
+    assert rows["mq"].status == "FAIL" and "broker unreachable" in render.reasons(rows["mq"])[0]
+    assert render.reasons(rows["calc@w1"]) == ("not checked: broker unreachable",)
 
 
 def test_stale_heartbeat_fails_the_beat_host():
     probes = _healthy_probes()
     probes["w1"].data["heartbeat"]["age"] = probes["w2"].data["heartbeat"]["age"] = 95.0
-    row = _rows(health.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0))["w2"]
-    assert row.status == "FAIL" and row.reasons == ("last heartbeat 95 s ago (limit 60 s)",)
+    row = _rows(verdict.evaluate(FLEET, probes, _healthy_view(), LENIENT, 30.0))["w2"]
+    assert row.status == "FAIL" and render.reasons(row) == ("last heartbeat 95 s ago (limit 60 s)",)
 
 
 # Presenters.
 
-def _unhealthy_report() -> health.Report:
-    probes = {**_healthy_probes(), "w2": health.Probe("w2", error="no SSH connection within 3 s", down=True)}
+def _unhealthy_report() -> Report:
+    probes = {**_healthy_probes(), "w2": Probe("w2", error="no SSH connection within 3 s", down=True)}
     view = _healthy_view()
-    view = health.CeleryView(pings={k: v for k, v in view.pings.items() if k != "celery@w2"}, queues=view.queues)
-    return health.Report("inv", health.evaluate(FLEET, probes, view, LENIENT, 30.0), elapsed=3.04, bound=5.0)
+    view = CeleryView(pings={k: v for k, v in view.pings.items() if k != "celery@w2"}, queues=view.queues)
+    return Report("inv", verdict.evaluate(FLEET, probes, view, LENIENT, 30.0), elapsed=3.04, bound=5.0)
 
 
 def test_table_has_a_row_per_host_and_indented_node_and_a_verdict_line():
-    lines = health.render_text(_unhealthy_report()).splitlines()
+    lines = render.render_text(_unhealthy_report()).splitlines()
     assert lines[0].split() == ["HOST", "/", "NODE", "STATUS", "DETAIL"]
     assert [line.split()[:2] for line in lines[1:-1]] == [
         ["mq", "OK"], ["w1", "OK"], ["calc@w1", "OK"], ["reports@w1", "OK"], ["w2", "DOWN"], ["celery@w2", "DOWN"]]
@@ -228,25 +232,25 @@ def test_summary_keeps_one_row_per_host_with_the_worst_status_of_its_nodes():
     probes = _healthy_probes()
     view = _healthy_view()
     view.queues["reports@w1"].clear()
-    report = health.Report("inv", health.evaluate(FLEET, probes, view, LENIENT, 30.0)).summarized()
+    report = Report("inv", verdict.evaluate(FLEET, probes, view, LENIENT, 30.0)).summarized()
     rows = _rows(report.rows)
     assert list(rows) == ["mq", "w1", "w2"] and report.summary
     assert rows["w1"].status == "FAIL"
-    assert rows["w1"].reasons == ("reports@w1 FAIL: queue drift: missing broadcast, reports",)
-    assert rows["w2"].facts == ("celery, celerybeat active", "heartbeat 5 s ago", "1/1 nodes OK")
-    assert health.render_text(report).splitlines()[-1].startswith("UNHEALTHY: 3 hosts: 2 OK, 1 FAIL")
+    assert render.reasons(rows["w1"]) == ("reports@w1 FAIL: queue drift: missing broadcast, reports",)
+    assert render.facts(rows["w2"]) == ("celery, celerybeat active", "heartbeat 5 s ago", "1/1 nodes OK")
+    assert render.render_text(report).splitlines()[-1].startswith("UNHEALTHY: 3 hosts: 2 OK, 1 FAIL")
 
 
 def test_json_holds_the_same_rows_and_the_verdict():
     report = _unhealthy_report()
-    data = json.loads(json.dumps(health.report_json(report)))
+    data = json.loads(json.dumps(render.report_json(report)))
     assert data["status"] == "DOWN" and data["healthy"] is False and data["bound"] == 5.0
     assert [(row["name"], row["status"]) for row in data["rows"]] == [(r.name, r.status) for r in report.rows]
     assert data["rows"][4]["reasons"] == ["unreachable over SSH: no SSH connection within 3 s"]
 
 
 def test_warn_alone_is_healthy():
-    report = health.Report("inv", (health.Row("host", "a", "a", "WARN"), health.Row("host", "b", "b", "OK")))
+    report = Report("inv", (Row("host", "a", "a", "WARN"), Row("host", "b", "b", "OK")))
     assert report.healthy and report.status == "WARN"
 
 
@@ -255,13 +259,15 @@ def test_warn_alone_is_healthy():
 @pytest.mark.parametrize("argv", [["--format", "xml"], ["--ping-timeout", "0"], ["--connect-timeout", "x"],
                                   ["--disk-warn", "95", "--disk-fail", "90"]])
 def test_bad_options_are_usage_errors(argv):
-    with pytest.raises(SystemExit) as exit_:
-        health.parse_args(argv)
-    assert exit_.value.code == health.EXIT_USAGE
+    try:
+        code = main(["health", "--inventory", "/nonexistent/hosts.yml", *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == EXIT_USAGE
 
 
 def test_missing_inventory_exits_2_naming_it(capsys):
-    assert health.main(["--inventory", "/nonexistent/hosts.yml"]) == health.EXIT_USAGE
+    assert main(["health", "--inventory", "/nonexistent/hosts.yml"]) == EXIT_USAGE
     assert "/nonexistent/hosts.yml" in capsys.readouterr().err
 
 
@@ -301,7 +307,7 @@ def fake_workers():
 
 
 def test_probe_reports_units_metrics_and_worker_nodes_from_command_lines(fake_workers):
-    done = subprocess.run(["sh", "-c", health.probe_command()], capture_output=True, text=True, timeout=60,
+    done = subprocess.run(["sh", "-c", gather.probe_command()], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PATH": "/usr/bin:/bin"}, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
@@ -312,6 +318,7 @@ def test_probe_reports_units_metrics_and_worker_nodes_from_command_lines(fake_wo
 
 
 def test_probe_runs_with_a_stdlib_only_python(fake_workers):
-    done = subprocess.run([sys.executable, "-S", "-c", health.PROBE], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-S", "-c", gather.probe_source()], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["psutil"] is False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -21,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = ROOT / ".sandbox"
+from fleetctl.errors import UsageError
+from fleetctl.paths import ANSIBLE_CONFIG, REPO_ROOT, STATE_DIR
+
+ROOT = REPO_ROOT
 FLEETS_DIR = STATE_DIR / "fleets"
-DEFAULT_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "celery-fleet-sandbox"
 
 NET_PREFIX = "10.77"  # fleet N gets 10.77.N.0/24; .1 is the bridge (and proxy), hosts from .2
@@ -45,7 +45,7 @@ _HOSTNAME_RE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z
                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-class SandboxError(Exception):
+class SandboxError(UsageError):
     """A user-facing error: printed as one line, exit code 2."""
 
 
@@ -245,7 +245,7 @@ def read_inventory(inventory: Path) -> list[str]:
     ansible_inventory = Path(sys.executable).parent / "ansible-inventory"
     if not ansible_inventory.exists():
         ansible_inventory = Path(shutil.which("ansible-inventory") or "ansible-inventory")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_CONFIG),
                ANSIBLE_INVENTORY_UNPARSED_FAILED="true", ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED="true",
                ANSIBLE_VARS_ENABLED="host_group_vars", ANSIBLE_NOCOLOR="1")
     proc = _run([str(ansible_inventory), "-i", str(inventory), "--list", "--export"], check=False,
@@ -345,7 +345,11 @@ def _customize_image(root: Path) -> None:
     subprocess.run(["chroot", str(root), "apt-get", "clean"], check=True, capture_output=True)
 
 
-def ensure_image(suite: str, log=print) -> Path:
+def _quiet(text: str) -> None:
+    """The default progress callback: says nothing."""
+
+
+def ensure_image(suite: str, log=_quiet) -> Path:
     """The cached base root for a suite, built with debootstrap when its recipe changed."""
     image = CACHE_DIR / "images" / f"{suite}-{image_hash(suite)}"
     if (image / ".complete").exists():
@@ -521,7 +525,7 @@ def _ssh_ready(address: str) -> bool:
     return _port_open(address, 22, banner=b"SSH-")
 
 
-def up(inventory: Path, suite: str = "bookworm", log=print) -> Fleet:
+def up(inventory: Path, suite: str = "bookworm", log=_quiet) -> Fleet:
     """Bring every host of an inventory up (idempotent: running hosts are left as they are)."""
     if suite not in SUITES:
         raise SandboxError(f"suite {suite!r}: expected one of {', '.join(SUITES)}")
@@ -560,7 +564,8 @@ def up(inventory: Path, suite: str = "bookworm", log=print) -> Fleet:
             _start_host(fleet, h, key)
             started.append(h)
     if started:
-        log(f"Booting {len(started)} host(s): {', '.join(h.name for h in started)}")
+        log(f"Booting {len(started)} host(s): {', '.join(h.name for h in started)}; waiting for their SSH "
+            f"(at most {SSH_READY_TIMEOUT:.0f} s)")
     with ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts))) as pool:
         ready = dict(zip(fleet.hosts, pool.map(lambda h: _wait(lambda: _ssh_ready(h.address),
                                                                  SSH_READY_TIMEOUT, 0.1),
@@ -617,53 +622,3 @@ def status() -> list[dict]:
                          "address": h.address, "state": state, "pid1": pid1 or None,
                          "started": _pid1_start(pid1) if pid1 else None})
     return rows
-
-
-# ---------------------------------------------------------------- presenter
-
-def _print_status(rows: list[dict]) -> None:
-    if not rows:
-        print("No sandbox hosts.")
-        return
-    width = max(len(r["host"]) for r in rows)
-    for inventory in dict.fromkeys(r["inventory"] for r in rows):
-        print(f"{inventory}:")
-        for r in (r for r in rows if r["inventory"] == inventory):
-            print(f"  {r['host']:<{width}}  {r['address']:<14} {r['state']}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_up = sub.add_parser("up", help="boot one host per inventory host")
-    p_up.add_argument("inventory", nargs="?", default=str(DEFAULT_INVENTORY))
-    p_up.add_argument("--suite", default=os.environ.get("SANDBOX_SUITE", "bookworm"), choices=SUITES)
-    p_down = sub.add_parser("down", help="stop and remove an inventory's hosts")
-    p_down.add_argument("inventory", nargs="?", default=str(DEFAULT_INVENTORY))
-    p_down.add_argument("--all", action="store_true", help="every sandbox fleet")
-    p_status = sub.add_parser("status", help="list hosts, addresses and state")
-    p_status.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        if os.geteuid() != 0 and args.command != "status":
-            raise SandboxError("the sandbox needs root (network bridge, containers)")
-        if args.command == "up":
-            started = time.monotonic()
-            fleet = up(Path(args.inventory), args.suite)
-            print(f"Sandbox up: {len(fleet.hosts)} host(s) for {os.path.relpath(fleet.inventory, ROOT)} "
-                  f"in {time.monotonic() - started:.1f} s")
-            _print_status([r for r in status() if r["inventory"] == os.path.relpath(fleet.inventory, ROOT)])
-        elif args.command == "down":
-            removed = down(Path(args.inventory), everything=args.all)
-            print(f"Sandbox down: {', '.join(os.path.relpath(r, ROOT) for r in removed) or 'nothing was up'}")
-        else:
-            rows = status()
-            print(json.dumps(rows, indent=2)) if args.json else _print_status(rows)
-    except SandboxError as exc:
-        print(f"sandbox: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

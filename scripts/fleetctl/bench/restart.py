@@ -1,28 +1,23 @@
 """Benchmark of restarts: `make restart` of the idle 3-host sandbox, and `systemctl restart celery` of one host.
 
-``bench_restart()`` returns rows ``[(label, value)]`` like the benches of scripts/bench.py. It deploys the
+``bench_restart()`` returns rows ``[(label, value)]`` like the other benches. It deploys the
 default sandbox fleet (warm: nothing changes when it is up and deployed), then times, RUNS times each:
 
-- `make restart` (scripts/restart.py when the Makefile has no such target): the rolling restart of every
+- `make restart` (`fleetctl restart` when the Makefile has no such target): the rolling restart of every
   worker host, one at a time (drain, restart, verify), wall time on the controller, inventory included;
 - on RESTART_HOST, from `systemctl restart celery` (sent over an SSH connection already open) until every
   node of the host answers ping again, polled from the controller through the broker every POLL seconds.
 """
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from fleetctl import inventory as fleet_model
+from fleetctl.bench.support import INVENTORY, BenchError, deploy_default_fleet, fleetctl_command
+from fleetctl.bench.support import run as _run
+from fleetctl.remote.ssh import connection
 
-import fleet as fleet_model  # noqa: E402
-from bench_support import deploy_default_fleet, run as _run  # noqa: E402
-
-INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 RUNS = 3
 RESTART_HOST = "worker1"
 POLL = 0.2  # seconds between two pings while the host's nodes come back
@@ -33,7 +28,7 @@ def _restart_command() -> tuple[list[str], str]:
     """`make restart` when the Makefile has the target, else the command it runs."""
     if _run(["make", "--no-print-directory", "-n", "restart"]).returncode == 0:
         return ["make", "--no-print-directory", "restart"], "make restart"
-    return [sys.executable, "scripts/restart.py", "--inventory", str(INVENTORY)], "restart.py"
+    return fleetctl_command("restart", "--inventory", str(INVENTORY)), "fleetctl restart"
 
 
 def _time_rolling(runs: int) -> list[float]:
@@ -44,7 +39,7 @@ def _time_rolling(runs: int) -> list[float]:
         proc = _run(command)
         times.append(time.monotonic() - started)
         if proc.returncode != 0:
-            raise SystemExit(f"bench: {' '.join(command)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise BenchError(f"bench: {' '.join(command)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return times
 
 
@@ -56,27 +51,22 @@ def _all_answer(app, nodes: list[str]) -> bool:
 def _time_host_restart(fleet: fleet_model.Fleet, host: fleet_model.Host, runs: int) -> list[float]:
     """Seconds from `systemctl restart celery` on host to all its nodes answering ping, runs times."""
     from celery import Celery
-    from fabric import Connection
-
     nodes = [node.full_name for node in host.nodes]
     app = Celery("restart-bench", broker=fleet.broker_url, set_as_current=False)
     app.conf.update(accept_content=["json"], broker_connection_timeout=3)
-    connect_kwargs = {"key_filename": os.path.expanduser(host.key_file), "look_for_keys": False,
-                      "allow_agent": False} if host.key_file else {}
     times = []
-    with Connection(host.address, user=host.user, port=host.port, connect_timeout=10,
-                    connect_kwargs=connect_kwargs) as cxn:
+    with connection(host, 10) as cxn:
         cxn.open()
         for _ in range(runs):
             if not _all_answer(app, nodes):
-                raise SystemExit(f"bench: {host.name}'s nodes do not answer ping before the restart")
+                raise BenchError(f"bench: {host.name}'s nodes do not answer ping before the restart")
             started = time.monotonic()
             result = cxn.run("systemctl restart celery", hide=True, warn=True, in_stream=False)
             if result.exited != 0:
-                raise SystemExit(f"bench: systemctl restart celery on {host.name} failed:\n{result.stderr}")
+                raise BenchError(f"bench: systemctl restart celery on {host.name} failed:\n{result.stderr}")
             while not _all_answer(app, nodes):
                 if time.monotonic() - started > GUARD:
-                    raise SystemExit(f"bench: {host.name}'s nodes did not answer within {GUARD} s")
+                    raise BenchError(f"bench: {host.name}'s nodes did not answer within {GUARD} s")
                 time.sleep(POLL)
             times.append(time.monotonic() - started)
     app.close()
@@ -98,8 +88,3 @@ def bench_restart() -> list[tuple[str, str]]:
         (f"systemctl restart celery on {host.name} ({len(host.nodes)} nodes) to all answering ping, median of {RUNS}",
          f"{statistics.median(single):.1f} s (min {min(single):.1f}, max {max(single):.1f})"),
     ]
-
-
-if __name__ == "__main__":
-    for row_label, value in bench_restart():
-        print(f"  {row_label:<55} {value}", flush=True)

@@ -1,10 +1,10 @@
-"""scripts/fleet.py: parsing ansible-inventory --list output into the fleet model."""
+"""The inventory model: ansible-inventory --list output parsed into hosts, nodes, beat, broker and --limit."""
 from __future__ import annotations
 
 import pytest
 
-import fleet
-from app_support import write_inventory
+from fleetctl import inventory as fleet
+from support.app import write_inventory
 
 # What `ansible-inventory --list` prints (ansible-core marks strings with __ansible_unsafe).
 LISTING = {

@@ -1,19 +1,12 @@
-"""The pure parts of scripts/restart.py: batches, what a drain cancels, task counts, the verdict and its text."""
+"""The pure parts of the rolling restart: batches, what a drain cancels, task counts, the verdict, its text."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-for _path in (str(ROOT), str(ROOT / "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import fleet as fleet_model  # noqa: E402
-import health  # noqa: E402
-import restart  # noqa: E402
+from fleetctl import inventory as fleet_model
+from fleetctl import restart
+from fleetctl.cli.restart import describe_finding, outcome_json, render_text
+from fleetctl.health.model import CeleryView, Finding, Probe
 
 CALC = fleet_model.Node("calc", "w1", ("calc", "celery"), 2)
 REPORTS = fleet_model.Node("reports", "w1", ("reports",), 1)
@@ -31,8 +24,13 @@ def _queues(node: fleet_model.Node) -> list[dict]:
                    "exchange": {"name": "broadcast", "type": "fanout"}}]
 
 
-def _probe(host: str, nodes: tuple[str, ...], active: str = "active") -> health.Probe:
-    return health.Probe(host, data={"units": {"celery.service": {"active": active, "sub": "exited"}},
+def _judged(*args) -> dict[str, list[str]]:
+    """restart.judge's findings in words, per host."""
+    return {host: [describe_finding(f) for f in found] for host, found in restart.judge(*args).items()}
+
+
+def _probe(host: str, nodes: tuple[str, ...], active: str = "active") -> Probe:
+    return Probe(host, data={"units": {"celery.service": {"active": active, "sub": "exited"}},
                                     "workers": [{"pid": 100 + i, "node": n} for i, n in enumerate(nodes)],
                                     "pidfiles": []})
 
@@ -67,40 +65,41 @@ def test_tasks_are_counted_per_node_over_active_and_reserved_for_nodes_that_answ
 
 
 def test_restarted_hosts_are_healthy_when_units_nodes_and_queues_are_right():
-    view = health.CeleryView(pings={n.full_name: {"ok": "pong"} for n in (CALC, REPORTS)},
+    view = CeleryView(pings={n.full_name: {"ok": "pong"} for n in (CALC, REPORTS)},
                              queues={n.full_name: _queues(n) for n in (CALC, REPORTS)})
     probes = {"w1": _probe("w1", ("calc@w1", "reports@w1"))}
-    assert restart.judge([CALC, REPORTS], [W1], probes, view, BROADCAST) == {}
+    assert _judged([CALC, REPORTS], [W1], probes, view, BROADCAST) == {}
 
 
 def test_a_silent_node_an_inactive_unit_and_queue_drift_are_named():
-    view = health.CeleryView(pings={"calc@w1": {"ok": "pong"}}, queues={"calc@w1": _queues(CALC)[1:]})
+    view = CeleryView(pings={"calc@w1": {"ok": "pong"}}, queues={"calc@w1": _queues(CALC)[1:]})
     probes = {"w1": _probe("w1", ("calc@w1",), active="inactive")}
-    problems = restart.judge([CALC, REPORTS], [W1], probes, view, BROADCAST)
+    problems = _judged([CALC, REPORTS], [W1], probes, view, BROADCAST)
     assert problems["w1"][0] == "celery.service inactive (exited)"
     assert "calc@w1: queue drift: missing calc" in problems["w1"]
     assert any(p.startswith("reports@w1: no answer to ping") for p in problems["w1"])
 
 
 def test_a_node_running_twice_after_the_restart_is_not_healthy():
-    view = health.CeleryView(pings={"celery@w2": {"ok": "pong"}}, queues={"celery@w2": _queues(CELERY)})
+    view = CeleryView(pings={"celery@w2": {"ok": "pong"}}, queues={"celery@w2": _queues(CELERY)})
     probes = {"w2": _probe("w2", ("celery@w2", "celery@w2"))}
-    assert "2 worker processes named celery@w2" in restart.judge([CELERY], [W2], probes, view, BROADCAST)["w2"][0]
+    assert "2 worker processes named celery@w2" in _judged([CELERY], [W2], probes, view, BROADCAST)["w2"][0]
 
 
 def test_text_shows_each_host_and_where_the_run_stopped():
     outcome = restart.Outcome("inv", 1, (
         restart.HostRestart("w1", ("calc@w1",), restart.OK, drain_seconds=0.2, restart_seconds=3.1,
                             verify_seconds=2.0),
-        restart.HostRestart("w2", ("celery@w2",), restart.FAIL, ("celery@w2: no answer to ping within 1 s",)),
-        restart.HostRestart("w3", ("celery@w3",), restart.SKIPPED, ("not restarted",)),
+        restart.HostRestart("w2", ("celery@w2",), restart.FAIL,
+                            (Finding("FAIL", "node_silent", {"node": "celery@w2", "timeout": 1, "pids": []}),)),
+        restart.HostRestart("w3", ("celery@w3",), restart.SKIPPED, (Finding("SKIPPED", "not_reached"),)),
     ), elapsed=9.0)
-    lines = restart.render_text(outcome).splitlines()
+    lines = render_text(outcome).splitlines()
     assert lines[1].split()[:2] == ["w1", "OK"] and lines[1].endswith("1 node(s) back: calc@w1")
     assert "celery@w2: no answer to ping within 1 s" in lines[2]
     assert lines[3].split()[:2] == ["w3", "SKIPPED"]
     assert lines[-1] == "STOPPED at w2: 1 of 3 host(s) restarted and healthy, 9.0 s"
-    data = restart.outcome_json(outcome)
+    data = outcome_json(outcome)
     assert data["ok"] is False and data["stopped_at"] == ["w2"] and data["hosts"][0]["restart_seconds"] == 3.1
 
 

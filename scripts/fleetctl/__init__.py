@@ -1,0 +1,1 @@
+"""Operator tools for bare-metal Celery fleets: health, broadcast, rolling restart, sandbox, bench."""

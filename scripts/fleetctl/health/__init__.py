@@ -1,0 +1,1 @@
+"""Fleet health: the on-host probe, the verdict on every host and node, and its presenters."""

@@ -1,0 +1,175 @@
+"""On-host health probe (stdlib only, psutil when importable): prints one JSON object about this host.
+
+fleetctl ships this file to each host over SSH and runs it with the Celery virtualenv's python
+(psutil) or the system python3 (stdlib fallbacks); it must run on python3 >= 3.6 and import nothing
+of fleetctl.
+"""
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+
+try:
+    import psutil
+except ImportError:
+    psutil = None
+
+UNITS = ("celery.service", "celerybeat.service", "rabbitmq-server.service")
+DISKS = ("/", "/var/log")
+
+
+def env_file(path="/etc/conf.d/celery"):
+    values = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                match = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+                if match:
+                    value = match.group(2).strip()
+                    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+                        value = value[1:-1]
+                    values[match.group(1)] = value
+    except OSError:
+        pass
+    return values
+
+
+def units():
+    found = {}
+    try:
+        out = subprocess.run(
+            ["systemctl", "show", "--property=Id,LoadState,ActiveState,SubState,ActiveEnterTimestampMonotonic"]
+            + list(UNITS), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True, timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return found
+    now = time.monotonic()
+    for block in out.split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("Id"):
+            entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
+            found[props["Id"]] = {
+                "load": props.get("LoadState"), "active": props.get("ActiveState"), "sub": props.get("SubState"),
+                "active_for": round(now - entered / 1e6, 1) if entered and props.get("ActiveState") == "active"
+                else None,
+            }
+    return found
+
+
+def processes():
+    if psutil is not None:
+        for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+            yield proc.info["pid"], proc.info["ppid"], proc.info["cmdline"] or []
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                raw = handle.read()
+            with open("/proc/%s/stat" % entry) as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        yield int(entry), ppid, [arg.decode("utf-8", "replace") for arg in raw.split(b"\0") if arg]
+
+
+def node_name(argv, hostname):
+    """The node name of a celery worker command line (or setproctitle title), else None."""
+    if argv and argv[0].startswith("[celeryd: "):
+        return argv[0][len("[celeryd: "):].split(":", 1)[0] or None
+    if "worker" not in argv:
+        return None
+    head = argv[:argv.index("worker")]
+    if not any(os.path.basename(arg) == "celery" for arg in head):
+        return None
+    name = None
+    for index, arg in enumerate(argv):
+        if arg in ("-n", "--hostname") and index + 1 < len(argv):
+            name = argv[index + 1]
+        elif arg.startswith("--hostname="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-n") and len(arg) > 2 and not arg.startswith("--"):
+            name = arg[2:]
+    return (name or "celery@%h").replace("%h", hostname)
+
+
+def workers(hostname):
+    seen = {pid: (ppid, node_name(argv, hostname)) for pid, ppid, argv in processes()}
+    mains = []
+    for pid, (ppid, node) in sorted(seen.items()):
+        # A pool process is a fork of its node's main process: same command line, parent = main.
+        if node and seen.get(ppid, (None, None))[1] != node:
+            mains.append({"pid": pid, "node": node})
+    return mains
+
+
+def pidfiles(env):
+    pattern = env.get("CELERYD_PID_FILE") or "/run/celery/%n.pid"
+    beat = os.path.realpath(env.get("CELERYBEAT_PID_FILE") or "/run/celery/celerybeat.pid")
+    regex = re.compile("^" + re.escape(pattern).replace("%n", "(?P<name>.+)").replace("%h", ".+") + "$")
+    found = []
+    for path in sorted(glob.glob(re.sub(r"%[nNhdiI]", "*", pattern))):
+        if os.path.realpath(path) == beat:
+            continue
+        try:
+            with open(path) as handle:
+                pid = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        match = regex.match(path)
+        found.append({"path": path, "name": match.group("name") if match and "name" in regex.groupindex else None,
+                      "pid": pid, "alive": pid > 0 and os.path.exists("/proc/%d" % pid)})
+    return found
+
+
+def heartbeat(env):
+    path = env.get("CELERY_HEARTBEAT_FILE") or "/var/lib/celery/heartbeat"
+    try:
+        with open(path) as handle:
+            record = json.loads(handle.read())
+        return {"path": path, "age": round(max(0.0, time.time() - float(record["epoch"])), 1),
+                "node": record.get("node")}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {"path": path, "age": None, "node": None}
+
+
+def memory_percent():
+    if psutil is not None:
+        return psutil.virtual_memory().percent
+    info = {}
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0])
+    return round(100.0 * (info["MemTotal"] - info["MemAvailable"]) / info["MemTotal"], 1)
+
+
+def disk_percent(path):
+    try:
+        if psutil is not None:
+            return psutil.disk_usage(path).percent
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    used, avail = (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bavail * st.f_frsize
+    return round(100.0 * used / (used + avail), 1) if used + avail else 0.0
+
+
+def main():
+    hostname = socket.gethostname()
+    env = env_file()
+    cpus = os.cpu_count() or 1
+    print(json.dumps({
+        "hostname": hostname, "psutil": psutil is not None, "cpus": cpus,
+        "load_per_cpu": round(os.getloadavg()[1] / cpus, 2), "memory_percent": memory_percent(),
+        "disk_percent": {path: disk_percent(path) for path in DISKS},
+        "units": units(), "heartbeat": heartbeat(env), "workers": workers(hostname), "pidfiles": pidfiles(env),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The pure checks: a fleet's probes and node answers judged against its inventory, as rows of findings."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from fleetctl.health.model import (
+    BEAT_UNIT,
+    BROKER_UNIT,
+    DEFAULT_BEAT_PERIOD,
+    DOWN,
+    FAIL,
+    HOST,
+    NODE,
+    OK,
+    WARN,
+    WORKER_UNIT,
+    CeleryView,
+    Finding,
+    Probe,
+    Row,
+    Thresholds,
+    worst,
+)
+from fleetctl.inventory import Fleet, Host, Node
+
+METRICS = (("load", "load_per_cpu", "load"), ("memory", "memory_percent", "memory"))  # label, probe key, threshold
+
+
+def grade(value: float | None, warn: float, fail: float) -> str:
+    """OK, WARN (value >= warn) or FAIL (value >= fail); OK when value is unknown."""
+    if value is None or value < warn:
+        return OK
+    return FAIL if value >= fail else WARN
+
+
+def consumed_queue_names(queues: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Logical names of the queues in an active_queues answer (a broadcast queue ``B.<node>`` is ``B``)."""
+    names = []
+    for queue in queues:
+        exchange = queue.get("exchange") or {}
+        if queue.get("alias"):
+            name = queue["alias"]
+        elif exchange.get("type") == "fanout" and exchange.get("name"):
+            name = exchange["name"]
+        else:
+            name = queue.get("name")
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def expected_queues(node: Node, broadcast: Sequence[str]) -> tuple[str, ...]:
+    """The queues a node must consume: its own, then the broadcast queues."""
+    return tuple(dict.fromkeys([*node.queues, *broadcast]))
+
+
+def queue_drift(expected: Iterable[str], consumed: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(missing, extra) queue names, each sorted."""
+    expected, consumed = set(expected), set(consumed)
+    return tuple(sorted(expected - consumed)), tuple(sorted(consumed - expected))
+
+
+def beat_period(schedule: Mapping[str, Any] | None, entry: str = "heartbeat") -> float:
+    """Seconds between two runs of a beat_schedule entry (DEFAULT_BEAT_PERIOD when it has none)."""
+    every = ((schedule or {}).get(entry) or {}).get("schedule")
+    every = getattr(every, "run_every", every)  # celery.schedules.schedule
+    if isinstance(every, timedelta):
+        return every.total_seconds()
+    if isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0:
+        return float(every)
+    return DEFAULT_BEAT_PERIOD
+
+
+def heartbeat_verdict(age: float | None, beat_up_for: float | None, period: float, periods: float) -> Finding:
+    """The finding on the newest heartbeat age given how long beat has been up (seconds)."""
+    limit = period * periods
+    starting = beat_up_for is not None and beat_up_for < limit
+    params = {"age": age, "beat_up_for": beat_up_for, "limit": limit}
+    if age is None:
+        return Finding(WARN, "heartbeat_not_yet", params) if starting else Finding(FAIL, "heartbeat_missing", params)
+    if age <= limit:
+        return Finding(OK, "heartbeat", params)
+    return Finding(WARN, "heartbeat_late_starting", params) if starting else Finding(FAIL, "heartbeat_stale", params)
+
+
+def unit_state(data: Mapping[str, Any], unit: str) -> dict[str, Any]:
+    """A unit's state in a probe: unit, installed, active, sub."""
+    state = (data.get("units") or {}).get(unit) or {}
+    return {"unit": unit, "installed": state.get("load") != "not-found", "active": state.get("active") or "unknown",
+            "sub": state.get("sub")}
+
+
+def worker_processes(probes: Mapping[str, Probe]) -> dict[str, list[tuple[str, int]]]:
+    """Node name -> [(host, pid)] of every worker main process the probes saw."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for host, probe in probes.items():
+        for proc in (probe.data or {}).get("workers") or []:
+            found.setdefault(proc["node"], []).append((host, proc["pid"]))
+    return found
+
+
+def newest_heartbeat(fleet: Fleet, probes: Mapping[str, Probe]) -> float | None:
+    """Age in seconds of the newest heartbeat file on the worker hosts (None: none found)."""
+    ages = [((probes[h.name].data or {}).get("heartbeat") or {}).get("age") for h in fleet.workers if h.name in probes]
+    ages = [age for age in ages if isinstance(age, (int, float))]
+    return min(ages) if ages else None
+
+
+# Host checks: each returns the findings of one concern.
+
+def _unit_findings(host: Host, data: Mapping[str, Any], beat_host: str | None) -> list[Finding]:
+    needed = [unit for unit, role in ((BROKER_UNIT, host.is_broker), (WORKER_UNIT, host.is_worker),
+                                      (BEAT_UNIT, host.is_beat)) if role]
+    states = [unit_state(data, unit) for unit in needed]
+    findings = [Finding(FAIL, "unit_not_active", state) for state in states if state["active"] != "active"]
+    active = [state["unit"] for state in states if state["active"] == "active" and state["installed"]]
+    if active:
+        findings.insert(0, Finding(OK, "units_active", {"units": active}))
+    if not host.is_beat and unit_state(data, BEAT_UNIT)["active"] == "active":
+        findings.append(Finding(FAIL, "beat_elsewhere", {"unit": BEAT_UNIT, "beat_host": beat_host}))
+    return findings
+
+
+def host_metrics(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The host metrics of a probe: load per CPU, memory %, disk % per path."""
+    return {"load": data.get("load_per_cpu"), "memory": data.get("memory_percent"),
+            "disk": dict(data.get("disk_percent") or {})}
+
+
+def _metric_findings(metrics: Mapping[str, Any], thresholds: Thresholds) -> list[Finding]:
+    graded = [(name, None, metrics.get(name), name) for name in ("load", "memory")]
+    graded += [("disk", path, value, "disk") for path, value in (metrics.get("disk") or {}).items()]
+    findings = [Finding(OK, "metrics", {"metrics": dict(metrics)})]
+    for metric, path, value, limits in graded:
+        status = grade(value, getattr(thresholds, f"{limits}_warn"), getattr(thresholds, f"{limits}_fail"))
+        if status != OK:
+            limit = getattr(thresholds, f"{limits}_{'fail' if status == FAIL else 'warn'}")
+            findings.append(Finding(status, "metric_over", {"metric": metric, "path": path, "value": value,
+                                                            "limit": limit}))
+    return findings
+
+
+def host_row(host: Host, probe: Probe, fleet: Fleet, view: CeleryView, thresholds: Thresholds,
+             heartbeat: Finding | None) -> Row:
+    """The verdict on one host: reachable, its role's units active, beat and heartbeat, metrics."""
+    if probe.down:
+        return Row(HOST, host.name, host.name, DOWN, (Finding(DOWN, "host_unreachable", {"error": probe.error}),))
+    findings = []
+    if host.is_broker and view.error:
+        findings.append(Finding(FAIL, "broker_unreachable", {"error": view.error}))
+    if probe.error or probe.data is None:
+        findings.append(Finding(FAIL, "probe_failed", {"error": probe.error}))
+        return Row(HOST, host.name, host.name, FAIL, tuple(findings))
+    findings += _unit_findings(host, probe.data, fleet.beat_host)
+    if host.is_beat and heartbeat is not None:
+        findings.append(heartbeat)
+    metrics = host_metrics(probe.data)
+    findings += _metric_findings(metrics, thresholds)
+    return Row(HOST, host.name, host.name, worst(f.status for f in findings), _facts_last(findings), metrics)
+
+
+def _facts_last(findings: list[Finding]) -> tuple[Finding, ...]:
+    """Findings with problems in the order found, the metrics fact last among the facts."""
+    return tuple(sorted(findings, key=lambda f: f.code == "metrics"))
+
+
+# Node checks.
+
+def _silent_node(node: Node, probe: Probe, view: CeleryView, here: list[int]) -> Finding:
+    if probe.down:
+        return Finding(DOWN, "node_silent_host_down", {})
+    params: dict[str, Any] = {"timeout": view.timeout, "pids": here}
+    if probe.data is not None and not here:
+        params["stale_pidfiles"] = [p["path"] for p in probe.data.get("pidfiles") or []
+                                    if p.get("name") == node.name and not p.get("alive")]
+        params["process"] = False
+    elif here:
+        params["process"] = True
+    return Finding(FAIL, "node_silent", params)
+
+
+def _queue_findings(node: Node, view: CeleryView, broadcast: Sequence[str]) -> list[Finding]:
+    answer = view.queues.get(node.full_name)
+    if answer is None:
+        return [Finding(WARN, "queues_unanswered", {"timeout": view.timeout})]
+    consumed = consumed_queue_names(answer)
+    expected = expected_queues(node, broadcast)
+    missing, extra = queue_drift(expected, consumed)
+    shown = [q for q in expected if q in consumed] + list(extra)  # inventory order, not consumer order
+    findings = [Finding(OK, "queues", {"queues": shown})]
+    if missing or extra:
+        findings.insert(0, Finding(FAIL, "queue_drift", {"missing": list(missing), "extra": list(extra)}))
+    return findings
+
+
+def node_row(node: Node, probe: Probe, view: CeleryView, broadcast: Sequence[str],
+             processes: Mapping[str, list[tuple[str, int]]]) -> Row:
+    """The verdict on one inventory node: answers ping, consumes its queues, runs once."""
+    name = node.full_name
+    running = processes.get(name, [])
+    here = [pid for host, pid in running if host == node.host]
+    if view.error:
+        findings = [Finding(FAIL, "node_unchecked", {"error": view.error})]
+    elif name not in view.pings:
+        findings = [_silent_node(node, probe, view, here)]
+    else:
+        findings = [Finding(OK, "pong", {}), *_queue_findings(node, view, broadcast)]
+    if len(running) > 1:
+        findings.append(Finding(FAIL, "node_duplicate", {"node": name, "processes": [list(p) for p in running]}))
+    elif here:
+        findings.append(Finding(OK, "pid", {"pid": here[0]}))
+    return Row(NODE, name, node.host, worst(f.status for f in findings), tuple(findings))
+
+
+def unexpected_rows(host: Host, probe: Probe, fleet: Fleet) -> list[Row]:
+    """A row per node running on host that the inventory does not put there."""
+    expected = {node.full_name for node in host.nodes}
+    elsewhere = {node.full_name: node.host for node in fleet.nodes}
+    pids: dict[str, list[int]] = {}
+    for proc in (probe.data or {}).get("workers") or []:
+        if proc["node"] not in expected:
+            pids.setdefault(proc["node"], []).append(proc["pid"])
+    return [Row(NODE, name, host.name, FAIL, (Finding(FAIL, "node_unexpected", {"owner": elsewhere.get(name),
+                                                                                "pids": found}),))
+            for name, found in pids.items()]
+
+
+def checked_hosts(fleet: Fleet) -> tuple[Host, ...]:
+    """The hosts with a fleet role (hosts in no role group are left alone)."""
+    return tuple(h for h in fleet.hosts if (h.is_worker or h.is_beat or h.is_broker) and fleet.in_scope(h))
+
+
+def fleet_heartbeat(fleet: Fleet, probes: Mapping[str, Probe], thresholds: Thresholds,
+                    period: float) -> Finding | None:
+    """The heartbeat finding of the fleet (None without a beat host)."""
+    beat = fleet.beat
+    if beat is None:
+        return None
+    beat_data = probes.get(beat.name, Probe(beat.name)).data or {}
+    beat_up_for = ((beat_data.get("units") or {}).get(BEAT_UNIT) or {}).get("active_for")
+    return heartbeat_verdict(newest_heartbeat(fleet, probes), beat_up_for, period, thresholds.heartbeat_periods)
+
+
+def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
+             thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD) -> tuple[Row, ...]:
+    """Every row of the verdict, hosts in inventory order each followed by its nodes."""
+    processes = worker_processes(probes)
+    heartbeat = fleet_heartbeat(fleet, probes, thresholds, period)
+    rows: list[Row] = []
+    for host in checked_hosts(fleet):
+        probe = probes.get(host.name) or Probe(host.name, error="not probed", down=True)
+        rows.append(host_row(host, probe, fleet, view, thresholds, heartbeat))
+        rows += [node_row(node, probe, view, fleet.broadcast_queues, processes) for node in host.nodes]
+        rows += unexpected_rows(host, probe, fleet)
+    if view.error and fleet.broker_host is None and fleet.selected is None:
+        rows.append(Row(HOST, "broker", "broker", FAIL, (Finding(FAIL, "broker_unreachable", {"error": view.error}),)))
+    return tuple(rows)

@@ -1,0 +1,1 @@
+"""Remote access to the fleet: SSH to its hosts (Fabric) and Celery control through its broker."""
