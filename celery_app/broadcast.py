@@ -4,7 +4,7 @@ Queues. Each name in CELERY_BROADCAST_QUEUES is a durable fanout exchange of tha
 node binds its own durable queue ``<name>.<node>`` (alias ``<name>``, so ``-Q ...,broadcast`` selects
 it) to that exchange. A node that is down keeps its queue, so it still gets the broadcasts sent while
 it was away when it comes back, bounded by the queue's message TTL (QUEUE_MESSAGE_TTL) and by the
-task's own ``expires`` (set by scripts/broadcast.py). A queue unused for QUEUE_EXPIRES (a node removed
+task's own ``expires`` (set by `fleetctl broadcast`). A queue unused for QUEUE_EXPIRES (a node removed
 from the fleet) is deleted by RabbitMQ. Changing either constant means deleting the existing
 ``<name>.<node>`` queues first (RabbitMQ refuses to redeclare a queue with other arguments).
 

@@ -1,4 +1,4 @@
-"""Fabric tasks over the fleetctl library: ``.venv/bin/fab -r scripts health|status [--inventory PATH] [--format json]``."""
+"""Fabric tasks over the fleetctl library: ``.venv/bin/fab -r scripts health|status [--inventory PATH]``."""
 from __future__ import annotations
 
 from fabric import task

@@ -3,13 +3,13 @@
 Adding one: write a function below, decorated with ``@maintenance``. That is all: the decorator makes
 it a Celery task named ``celery_app.tasks.maintenance.<function>`` (routed to the broadcast queue by
 task_routes), with base BroadcastTask (late ack, run once per node per task id, one reply per node)
-and registers it in MAINTENANCE, which scripts/broadcast.py checks TASK names against. Rules:
+and registers it in MAINTENANCE, which `fleetctl broadcast` checks TASK names against. Rules:
 
 - JSON in, JSON out: arguments come from ``ARGS`` (a JSON object or list), the return value is
   shown per node.
 - Idempotent: a node killed mid-run runs it again when the message is redelivered.
 - Return ``{"status": "ok" | "warn" | "fail", ...}`` to grade the node: ``fail`` makes
-  scripts/broadcast.py exit non-zero, like an exception does.
+  `fleetctl broadcast` exit non-zero, like an exception does.
 
     @maintenance
     def tmp_usage(path: str = "/tmp") -> dict:

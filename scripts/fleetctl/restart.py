@@ -124,17 +124,6 @@ class Outcome:
         return tuple(host.host for host in self.hosts if host.status == FAIL)
 
 
-@dataclass(frozen=True)
-class Options:
-    """How a rolling restart goes: batch size and the bound of each step."""
-
-    serial: int = DEFAULT_SERIAL
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    restart_timeout: float = DEFAULT_RESTART_TIMEOUT
-    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-
-
 # Pure helpers.
 
 def batches(hosts: Sequence[Host], serial: int) -> list[tuple[Host, ...]]:
@@ -354,8 +343,8 @@ def _emit_per_host(emit: Listener, kind: str, number: int, batch: Sequence[Host]
         emit(Event(kind, number, host.name, data(host)))
 
 
-def _restart_batch(app: Any, fleet: Fleet, batch: tuple[Host, ...], number: int, options: Options,
-                   emit: Listener) -> list[HostRestart]:
+def _restart_batch(app: Any, fleet: Fleet, batch: tuple[Host, ...], number: int, emit: Listener,
+                   timeouts: Mapping[str, float]) -> list[HostRestart]:
     """Drain, restart and verify one batch; Ctrl-C during it gives the drained queues back first."""
     nodes = [node for host in batch for node in host.nodes]
     emit(Event("batch", number, None, {"hosts": [host.name for host in batch]}))
@@ -369,14 +358,14 @@ def _restart_batch(app: Any, fleet: Fleet, batch: tuple[Host, ...], number: int,
             "queues_cancelled": sum(len(state.cancelled.get(n, ())) for n in host_nodes(h))})
 
     try:
-        drain(app, nodes, fleet.broadcast_queues, options.drain_timeout, drained, cancelled)
+        drain(app, nodes, fleet.broadcast_queues, timeouts["drain"], drained, cancelled)
         _emit_per_host(emit, "drain", number, batch, lambda h: {
             "seconds": round(drained.seconds, 3), "tasks_left": sum(drained.busy.get(n, 0) for n in host_nodes(h)),
             "error": drained.error})
         if drained.error:
             steps = {host.name: Step(False, "broker_failed", drained.error) for host in batch}
         else:
-            steps = restart_hosts(batch, options.connect_timeout, options.restart_timeout)
+            steps = restart_hosts(batch, timeouts["connect"], timeouts["restart"])
         _emit_per_host(emit, "restart", number, batch, lambda h: {
             "ok": steps[h.name].ok, "seconds": round(steps[h.name].seconds, 3), "detail": steps[h.name].detail})
         failed = {name for name, step in steps.items() if not step.ok}
@@ -387,7 +376,7 @@ def _restart_batch(app: Any, fleet: Fleet, batch: tuple[Host, ...], number: int,
             emit(Event("resume", number, None, {"nodes": {k: list(v) for k, v in resumed.items()}}))
             verdict = Verdict(False)
         else:
-            verdict = verify(fleet, batch, options.verify_timeout, options.connect_timeout)
+            verdict = verify(fleet, batch, timeouts["verify"], timeouts["connect"])
         _emit_per_host(emit, "verify", number, batch, lambda h: {
             "ok": h.name not in failed and h.name not in verdict.problems, "seconds": round(verdict.seconds, 3),
             "codes": [f.code for f in verdict.problems.get(h.name, ())]})
@@ -397,7 +386,7 @@ def _restart_batch(app: Any, fleet: Fleet, batch: tuple[Host, ...], number: int,
         emit(Event("interrupted", number, None, {"nodes": {k: list(v) for k, v in resumed.items()},
                                                   "hosts": [host.name for host in batch]}))
         raise Interrupted(_interrupted_words(batch, planned, resumed)) from None
-    return [_host_result(host, number, drained, steps[host.name], verdict, resumed, options.drain_timeout)
+    return [_host_result(host, number, drained, steps[host.name], verdict, resumed, timeouts["drain"])
             for host in batch]
 
 
@@ -410,19 +399,23 @@ def _interrupted_words(batch: Sequence[Host], planned: Mapping[str, Sequence[str
     return f"interrupted at {hosts}: drained queues given back to {back}"
 
 
-def rolling_restart(fleet: Fleet, options: Options = Options(), *, inventory: str = "",
+def rolling_restart(fleet: Fleet, *, serial: int = DEFAULT_SERIAL, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+                    restart_timeout: float = DEFAULT_RESTART_TIMEOUT, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
+                    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, inventory: str = "",
                     on_event: Listener | None = None) -> Outcome:
-    """Restart the fleet's worker hosts options.serial at a time; stop at the first batch not healthy after."""
+    """Restart the fleet's worker hosts serial at a time; stop at the first batch that is not healthy after."""
     emit = on_event or (lambda event: None)
     broker_url = fleet.require_broker_url(inventory)
+    timeouts = {"drain": drain_timeout, "restart": restart_timeout, "verify": verify_timeout,
+                "connect": connect_timeout}
     started = time.monotonic()
-    app = control.control_app(broker_url, options.connect_timeout, "fleet-restart")
-    control.check_broker(app, options.connect_timeout)
+    app = control.control_app(broker_url, connect_timeout, "fleet-restart")
+    control.check_broker(app, connect_timeout)
     done: list[HostRestart] = []
-    plan = batches(fleet.workers, options.serial)
+    plan = batches(fleet.workers, serial)
     for number, batch in enumerate(plan, 1):
-        done += _restart_batch(app, fleet, batch, number, options, emit)
+        done += _restart_batch(app, fleet, batch, number, emit, timeouts)
         if any(host.status == FAIL for host in done):
             done += _skipped(plan, number + 1)
             break
-    return Outcome(inventory=inventory, serial=options.serial, hosts=tuple(done), elapsed=time.monotonic() - started)
+    return Outcome(inventory=inventory, serial=serial, hosts=tuple(done), elapsed=time.monotonic() - started)

@@ -66,25 +66,13 @@ class Fleet:
     image: str
     hosts: dict[str, HostState] = field(default_factory=dict)
 
-    @property
-    def bridge(self) -> str:
-        return f"sbr{self.fid}"
-
-    @property
-    def gateway(self) -> str:
-        return f"{NET_PREFIX}.{self.index}.1"
-
-    @property
-    def subnet(self) -> str:
-        return f"{NET_PREFIX}.{self.index}.0/24"
-
-    @property
-    def proxy_url(self) -> str:
-        return f"http://{self.gateway}:{PROXY_PORT}"
-
-    @property
-    def directory(self) -> Path:
-        return FLEETS_DIR / self.fid
+    def __post_init__(self) -> None:
+        # Derived names and addresses: attributes, not fields (fleet.json keeps only what they derive from).
+        self.bridge = f"sbr{self.fid}"
+        self.gateway = f"{NET_PREFIX}.{self.index}.1"
+        self.subnet = f"{NET_PREFIX}.{self.index}.0/24"
+        self.proxy_url = f"http://{self.gateway}:{PROXY_PORT}"
+        self.directory = FLEETS_DIR / self.fid
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -45,9 +45,8 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for the nodes' answers (default %(default)g)")
     limits = parser.add_argument_group("thresholds (WARN at >= warn, FAIL at >= fail)")
     for name, unit in (("load", "5-minute load per CPU"), ("memory", "memory used, %%"), ("disk", "disk used, %%")):
-        for level in ("warn", "fail"):
-            key = f"{name}_{level}"
-            limits.add_argument(f"--{name}-{level}", dest=key, type=positive, default=getattr(defaults, key),
+        for level, default in zip(("warn", "fail"), getattr(defaults, name)):
+            limits.add_argument(f"--{name}-{level}", dest=f"{name}_{level}", type=positive, default=default,
                                 metavar="N", help=f"{unit} (default %(default)g)")
     limits.add_argument("--heartbeat-periods", type=positive, default=defaults.heartbeat_periods, metavar="N",
                         help="a heartbeat older than this many beat periods fails (default %(default)g)")
@@ -55,10 +54,12 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
 
 def thresholds_from(options: argparse.Namespace) -> Thresholds:
     """The Thresholds the command line asks for; UsageError when a warn level exceeds its fail level."""
-    for name in ("load", "memory", "disk"):
-        if getattr(options, f"{name}_warn") > getattr(options, f"{name}_fail"):
+    limits = {name: (getattr(options, f"{name}_warn"), getattr(options, f"{name}_fail"))
+              for name in ("load", "memory", "disk")}
+    for name, (warn, fail) in limits.items():
+        if warn > fail:
             raise UsageError(f"--{name}-warn must not exceed --{name}-fail")
-    return Thresholds(**{name: getattr(options, name) for name in Thresholds.__dataclass_fields__})
+    return Thresholds(**limits, heartbeat_periods=options.heartbeat_periods)
 
 
 def run(options: argparse.Namespace, out: Output) -> int:

@@ -19,7 +19,6 @@ from fleetctl.restart import (
     SKIPPED,
     Event,
     HostRestart,
-    Options,
     Outcome,
     rolling_restart,
 )
@@ -151,9 +150,6 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
 def run(options: argparse.Namespace, out: Output) -> int:
     inventory = inventory_of(options)
     fleet = load_fleet(inventory, limit=options.limit)
-    opts = Options(serial=options.serial, drain_timeout=options.drain_timeout,
-                   restart_timeout=options.restart_timeout, verify_timeout=options.verify_timeout,
-                   connect_timeout=options.connect_timeout)
 
     def on_event(event: Event) -> None:
         if options.format == "json-lines":
@@ -163,7 +159,9 @@ def run(options: argparse.Namespace, out: Output) -> int:
             if text:
                 out.progress(text)
 
-    outcome = rolling_restart(fleet, opts, inventory=inventory, on_event=on_event)
+    outcome = rolling_restart(fleet, serial=options.serial, drain_timeout=options.drain_timeout,
+                              restart_timeout=options.restart_timeout, verify_timeout=options.verify_timeout,
+                              connect_timeout=options.connect_timeout, inventory=inventory, on_event=on_event)
     if options.format == "json-lines":
         out.event({"event": "result", **outcome_json(outcome)})
     elif options.format == "json":

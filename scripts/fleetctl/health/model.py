@@ -28,15 +28,12 @@ class Finding(NamedTuple):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Where a host metric turns WARN and FAIL (load per CPU: 5-minute average; percentages)."""
+    """Where a host metric turns (WARN, FAIL): load per CPU (5-minute average), memory and disk used (%)."""
 
-    load_warn: float = 1.5
-    load_fail: float = 3.0
-    memory_warn: float = 85.0
-    memory_fail: float = 95.0
-    disk_warn: float = 80.0
-    disk_fail: float = 90.0
-    heartbeat_periods: float = 2.0
+    load: tuple[float, float] = (1.5, 3.0)
+    memory: tuple[float, float] = (85.0, 95.0)
+    disk: tuple[float, float] = (80.0, 90.0)
+    heartbeat_periods: float = 2.0  # a heartbeat older than this many beat periods fails
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,6 @@ from fleetctl.health.model import (
 )
 from fleetctl.inventory import Fleet, Host, Node
 
-METRICS = (("load", "load_per_cpu", "load"), ("memory", "memory_percent", "memory"))  # label, probe key, threshold
-
 
 def grade(value: float | None, warn: float, fail: float) -> str:
     """OK, WARN (value >= warn) or FAIL (value >= fail); OK when value is unknown."""
@@ -130,13 +128,14 @@ def host_metrics(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _metric_findings(metrics: Mapping[str, Any], thresholds: Thresholds) -> list[Finding]:
-    graded = [(name, None, metrics.get(name), name) for name in ("load", "memory")]
-    graded += [("disk", path, value, "disk") for path, value in (metrics.get("disk") or {}).items()]
+    graded = [(name, None, metrics.get(name)) for name in ("load", "memory")]
+    graded += [("disk", path, value) for path, value in (metrics.get("disk") or {}).items()]
     findings = [Finding(OK, "metrics", {"metrics": dict(metrics)})]
-    for metric, path, value, limits in graded:
-        status = grade(value, getattr(thresholds, f"{limits}_warn"), getattr(thresholds, f"{limits}_fail"))
+    for metric, path, value in graded:
+        warn, fail = getattr(thresholds, metric)
+        status = grade(value, warn, fail)
         if status != OK:
-            limit = getattr(thresholds, f"{limits}_{'fail' if status == FAIL else 'warn'}")
+            limit = fail if status == FAIL else warn
             findings.append(Finding(status, "metric_over", {"metric": metric, "path": path, "value": value,
                                                             "limit": limit}))
     return findings
