@@ -154,7 +154,7 @@ def settings_from(environ: Mapping[str, str], file_values: Mapping[str, str]) ->
 
 
 def broker_tls_options(settings: Settings) -> dict | bool:
-    """kombu/py-amqp TLS options for an amqps:// broker URL (False for amqp://): verify the broker, present the client cert."""
+    """kombu/py-amqp TLS options for an amqps:// URL (False for amqp://): verify the broker, send the client cert."""
     if not settings.broker_url.lower().startswith("amqps://"):
         return False
     # server_hostname None: kombu puts the URL's host there, so the certificate must name that address.

@@ -286,9 +286,10 @@ def restart_hosts(hosts: Sequence[Host], connect_timeout: float, timeout: float)
     return steps
 
 
-def verify(fleet: Fleet, hosts: Sequence[Host], timeout: float, connect_timeout: float) -> Verdict:
+def verify(fleet: Fleet, hosts: Sequence[Host], timeout: float, connect_timeout: float,
+           inventory: str = "") -> Verdict:
     """Wait (at most timeout s) until the hosts' nodes answer with their queues, then judge them with a probe."""
-    broker_url = fleet.require_broker_url()
+    broker_url = fleet.require_broker_url(inventory)
     started = time.monotonic()
     deadline = started + timeout
     nodes = [node for host in hosts for node in host.nodes]

@@ -7,9 +7,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from app_support import (
-    FLEET, LATE, PYTHON, REPO, SCRIPTS, WorkerNode, _clean_env, _rabbitmqctl, host_dirs,
-    wait_ready, write_inventory,
+
+from support.app import (
+    FLEET,
+    FLEETCTL,
+    LATE,
+    REPO,
+    SCRIPTS,
+    WorkerNode,
+    _clean_env,
+    _rabbitmqctl,
+    host_dirs,
+    wait_ready,
+    write_inventory,
 )
 
 
@@ -87,11 +97,11 @@ def inventory(fleet_root) -> Path:
 
 @pytest.fixture
 def run_broadcast(broker_url):
-    """Run scripts/broadcast.py as the Makefile does; returns the CompletedProcess."""
+    """Run `fleetctl broadcast` as the Makefile does; returns the CompletedProcess."""
 
     def run(*args: str, url: str | None = None) -> subprocess.CompletedProcess:
         env = {**_clean_env(), "CELERY_ENV_FILE": "/nonexistent/celery-env", "CELERY_BROKER_URL": url or broker_url}
-        return subprocess.run([PYTHON, str(SCRIPTS / "broadcast.py"), *args], cwd=REPO, env=env,
+        return subprocess.run([str(FLEETCTL), "broadcast", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
 
     return run

@@ -1,4 +1,4 @@
-"""scripts/broadcast.py against real worker nodes: one answer per node, missing nodes, refusals, host down."""
+"""`fleetctl broadcast` against real worker nodes: one answer per node, missing nodes, refusals, host down."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-import broadcast
-from app_support import FLEET, LATE, READY_WITHIN, wait_ready, write_inventory
+from fleetctl import broadcast
+from fleetctl.cli.broadcast import outcome_json, render_text
+from fleetctl.errors import UsageError
+from support.app import FLEET, LATE, READY_WITHIN, wait_ready, write_inventory
 
 ALL_NODES = sorted(f"{name}@{host}" for host, nodes in FLEET.items() for name in nodes)
 
@@ -24,7 +26,7 @@ def test_args_must_be_a_json_object_or_list():
     assert broadcast.parse_task_args("[3]") == ([3], {})
     assert broadcast.parse_task_args("") == ([], {})
     for bad in ("{days: 3}", "3", '"text"', "null"):
-        with pytest.raises(broadcast.UsageError):
+        with pytest.raises(UsageError):
             broadcast.parse_task_args(bad)
 
 
@@ -44,9 +46,9 @@ def test_outcome_groups_answers_by_host_and_marks_missing_nodes():
     )
     assert outcome.missing == ("b@h1",) and outcome.unexpected == ("x@h9",) and outcome.failed == ("c@h2",)
     assert [a.node for a in outcome.hosts()["h1"]] == ["a@h1", "b@h1"] and not outcome.ok
-    text = broadcast.render_text(outcome)
+    text = render_text(outcome)
     assert "MISSING" in text and "not in the inventory" in text and text.splitlines()[-1].startswith("NOT OK")
-    assert broadcast.outcome_json(outcome)["hosts"]["h2"]["c@h2"]["status"] == "failed"
+    assert outcome_json(outcome)["hosts"]["h2"]["c@h2"]["status"] == "failed"
 
 
 # Against the running test fleet.

@@ -5,22 +5,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from celery_app.settings import DEFAULTS, parse_env_file, read_env_file, settings_from, split_list
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def test_env_file_parses_plain_quoted_and_commented_lines():
+    # The SPACED line ends in three spaces, the last written \x20 (editors and linters strip trailing blanks).
     text = """# managed by ansible
 ; another comment
 CELERY_APP=celery_app
 CELERYD_NODES="calc reports"
 CELERYD_OPTS='-Q:calc calc,celery,broadcast -c:calc 2'
-  SPACED  =  value with spaces   
+  SPACED  =  value with spaces  \x20
 EMPTY=
 """
     assert parse_env_file(text) == {
@@ -71,7 +69,7 @@ def test_app_reads_settings_from_the_env_file_from_any_directory(tmp_path):
     env_file.write_text('CELERY_BROKER_URL="amqp://u:p@broker.example:5672/celery"\n'
                         "CELERY_BROADCAST_QUEUES=fleet,urgent\nCELERY_HEARTBEAT_FILE=/srv/hb\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
-    env.update(CELERY_ENV_FILE=str(env_file), PYTHONPATH=str(REPO))
+    env.update(CELERY_ENV_FILE=str(env_file))
     probe = (
         "import json; from celery_app import app; c = app.conf; "
         "print(json.dumps({'broker': c.broker_url, 'hb': c.fleet_heartbeat_file, "
@@ -152,9 +150,10 @@ def test_beat_sends_the_heartbeat_every_30_seconds_without_keeping_results():
 
 
 def test_worker_node_gets_durable_per_node_broadcast_queues():
+    from kombu import Queue
+
     from celery_app.app import node_queues
     from celery_app.broadcast import QUEUE_MESSAGE_TTL, broadcast_queue
-    from kombu import Queue
 
     queues = node_queues([Queue("calc"), broadcast_queue("broadcast")], ["broadcast", "urgent"], "calc@h1")
     by_name = {queue.name: queue for queue in queues}

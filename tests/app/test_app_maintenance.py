@@ -12,7 +12,14 @@ import pytest
 
 from celery_app.broadcast import Ledger, reply
 from celery_app.tasks.maintenance import (
-    MAINTENANCE, cleanup_logs, disk_check, grade, host_report, is_rotated_log, maintenance, worst,
+    MAINTENANCE,
+    cleanup_logs,
+    disk_check,
+    grade,
+    host_report,
+    is_rotated_log,
+    maintenance,
+    worst,
 )
 
 DAY = 86400
@@ -138,7 +145,7 @@ def test_ledger_retries_a_run_whose_process_died(tmp_path):
     ledger = Ledger(tmp_path / "ledger")
     child = subprocess.run(
         [sys.executable, "-c", f"import celery_app.broadcast as b; b.Ledger({str(ledger.directory)!r}).claim('t-3')"],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True, timeout=60,
+        check=True, timeout=60,
     )
     assert child.returncode == 0 and ledger.state("t-3") == "running"
     claim = ledger.claim("t-3")

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from app_support import BROADCAST_QUEUES, REPO
+from support.app import BROADCAST_QUEUES
 
 RESULT_WITHIN = 30  # seconds; a guard against hanging, not a speed assertion
 
@@ -69,7 +69,7 @@ def test_inspect_ping_works_with_only_the_env_file(app, workers, broker_url, tmp
     env_file = tmp_path / "celery"
     env_file.write_text(f'CELERY_APP=celery_app\nCELERY_BROKER_URL="{broker_url}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
-    env.update(CELERY_ENV_FILE=str(env_file), PYTHONPATH=str(REPO))
+    env.update(CELERY_ENV_FILE=str(env_file))
     done = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "celery_app", "inspect", "ping", "-j", "-d", "celery@host-b"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,

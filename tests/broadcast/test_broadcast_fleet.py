@@ -6,7 +6,8 @@ import json
 import time
 
 import pytest
-from fleet_testing import make
+
+from support.fleet import make
 
 NODES = {"worker1": {"calc@worker1", "reports@worker1"}, "worker2": {"celery@worker2"}}
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from deploy_helpers import active_queues, deploy, host, pinged_nodes, recap, sandbox_inventory, write_inventory
+
+from support.deploy import active_queues, deploy, host, pinged_nodes, recap, sandbox_inventory, write_inventory
 
 CHANGED_NODES = [{"name": "calc", "queues": ["calc"], "concurrency": 3}]
 

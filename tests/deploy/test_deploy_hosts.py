@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from deploy_helpers import ENV_FILE, OPERATOR, ROOT, active_queues, inventory_hostvars, pinged_nodes
+
+from support.deploy import ENV_FILE, OPERATOR, ROOT, active_queues, inventory_hostvars, pinged_nodes
 
 WORKERS = ["worker1", "worker2"]
 BEAT_HOST = "worker2"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from deploy_helpers import BAD_INVENTORIES, deploy, fingerprint, recap, write_inventory
+
+from support.deploy import BAD_INVENTORIES, deploy, fingerprint, recap, write_inventory
 
 HOSTS = ["broker", "worker1", "worker2"]
 
@@ -21,29 +22,34 @@ EXPECTED = {
     "bad-beat-not-worker": ["worker2: in group celery_beat but not in group celery_workers"],
     "bad-duplicate-node": ["worker1: celery_worker_nodes names calc more than once"],
     "bad-node-without-queues": ["worker1: celery_worker_nodes: node(s) reports have no queues"],
-    "bad-concurrency-zero": ["worker1: celery_worker_nodes: concurrency not a positive integer (1-9999) for node(s) calc: 0"],
+    "bad-concurrency-zero": ["worker1: celery_worker_nodes: concurrency not a positive integer (1-9999) for node(s) "
+                             "calc: 0"],
     "bad-concurrency-injection": ["fatal: [worker1]", "argument 'concurrency'", "celery_worker_nodes", "4; rm -rf /"],
     "bad-queue-name": ['worker1: celery_worker_nodes: queue name(s) ["celery;reboot"] not valid'],
     "bad-node-name-slash": ['worker1: celery_worker_nodes: node name(s) ["../calc"] not valid'],
     "bad-node-name-space": ['worker1: celery_worker_nodes: node name(s) ["calc node"] not valid'],
     "bad-log-level": ["fatal: [worker2]", "celery_worker_log_level", "VERBOSE"],
-    "bad-broadcast-queue": ['worker1: celery_broadcast_queues ["broadcast all"] must be a non-empty list of queue names'],
+    "bad-broadcast-queue": ['worker1: celery_broadcast_queues ["broadcast all"] must be a non-empty list of queue '
+                            'names'],
     "bad-broadcast-differs": ["celery_broadcast_queues differs between worker hosts",
                               'worker1: ["broadcast", "maintenance"]; worker2: ["broadcast"]'],
     "bad-proxy-url": ["broker: fleet_http_proxy must be empty or an http(s)://host:port URL", "Pipeline-Depth"],
     "bad-unknown-node-key": ["fatal: [worker1]", "celery_worker_nodes.queue", "missing required arguments: queues"],
     "bad-read-write-path": ['worker1: celery_worker_read_write_paths: path(s) ["/srv/../etc"] not valid'],
-    "bad-time-limits": ["worker1: celery_worker_task_soft_time_limit (60) and celery_worker_task_time_limit (60) must be",
+    "bad-time-limits": ["worker1: celery_worker_task_soft_time_limit (60) and celery_worker_task_time_limit (60) "
+                        "must be",
                         "0 < soft < hard < 1800"],
     "bad-two-brokers": ["inventory group rabbitmq must hold exactly one host; it holds 2: broker, worker1"],
     "bad-no-nodes": ["worker1: celery_worker_nodes is empty"],
     "bad-node-name-celerybeat": ['worker1: celery_worker_nodes: node name(s) ["celerybeat"] not valid'],
-    "bad-broadcast-node-queue": ['worker1: celery_worker_nodes lists broadcast queue(s) ["broadcast"] among a node\'s own'],
+    "bad-broadcast-node-queue": ['worker1: celery_worker_nodes lists broadcast queue(s) ["broadcast"] among a '
+                                 'node\'s own'],
     "bad-stop-timeout": ["worker1: celery_worker_stop_timeout is no longer used"],
     "bad-rabbitmq-package": ['broker: rabbitmq_package must be a Debian package name; got "rabbitmq-server; curl'],
     "bad-worker-host-name": ['worker3$(reboot): inventory host name "worker3$(reboot)" not valid for a worker host'],
     "bad-broker-address": ['mq: ansible_host "mq.example\\"; CELERY_APP=\\"evil" must be a host name or IPv4 address'],
-    "bad-ca-bundle-missing": ['broker: fleet_ca_bundle must name a file on the controller; "/etc/ssl/no-such-bundle.pem"'],
+    "bad-ca-bundle-missing": ['broker: fleet_ca_bundle must name a file on the controller; '
+                              '"/etc/ssl/no-such-bundle.pem"'],
     "bad-ca-bundle-dotdot": ["broker: fleet_ca_bundle must be a path without '..'",
                              "/etc/ssl/certs/../certs/ca-certificates.crt"],
     "bad-password-file-dotdot": ["broker: fleet_broker_password_file must be an absolute path without '..'",

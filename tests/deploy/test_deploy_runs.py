@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from deploy_helpers import deploy, host, recap, sandbox_inventory, write_inventory
+
+from support.deploy import deploy, host, recap, sandbox_inventory, write_inventory
 
 HOSTS = {"broker", "worker1", "worker2"}
 

@@ -8,14 +8,11 @@ import os
 import secrets
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-from deploy_helpers import ROOT, SANDBOX_INVENTORY, inventory_hostvars, recap  # noqa: E402
+from support.deploy import ROOT, SANDBOX_INVENTORY, inventory_hostvars, recap
 
 HOSTS = ["broker", "worker1", "worker2"]
 WORKERS = ["worker1", "worker2"]

@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from fleet_testing import make
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "deploy"))
-
-from deploy_helpers import deploy, pinged_nodes, sandbox_inventory, write_inventory  # noqa: E402
+from support.deploy import deploy, pinged_nodes, sandbox_inventory, write_inventory
+from support.fleet import make
 
 MAX_EXPOSURE = 2.0
 # The celery units of each worker host of the sandbox inventory: concurrency of each node unit.

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # celery_app, for the names it declares
 
 BROKER, WORKER = "broker", "worker1"
 NODE = f"calc@{WORKER}"
@@ -44,12 +40,14 @@ def task_queue_round_trip(channel):
 
 def bind_to(exchange_name):
     def action(channel):
-        Queue("hardening.tap", Exchange(exchange_name, type="topic", passive=True), "#", exclusive=True)(channel).declare()
+        Queue("hardening.tap", Exchange(exchange_name, type="topic", passive=True), "#",
+              exclusive=True)(channel).declare()
     return action
 
 
 def publish_to(exchange_name):
-    return lambda channel: Producer(channel).publish({"x": 1}, exchange=exchange_name, routing_key="x", serializer="json")
+    return lambda channel: Producer(channel).publish({"x": 1}, exchange=exchange_name, routing_key="x",
+                                                     serializer="json")
 
 
 print(json.dumps({

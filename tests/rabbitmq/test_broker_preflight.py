@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-
-from deploy_helpers import deploy, fingerprint, recap, sandbox_inventory, write_inventory  # noqa: E402
+from support.deploy import deploy, fingerprint, recap, sandbox_inventory, write_inventory
 
 HOSTS = ["broker", "worker1", "worker2"]
 # Preflight only looks for the PEM block markers: these never reach a host.
@@ -22,22 +18,25 @@ TLS = {"rabbitmq_tls_ca_cert": CERT, "rabbitmq_tls_cert": CERT, "rabbitmq_tls_ke
 # case -> (variables of the broker, variables of worker1, what the failure must name)
 CASES = {
     "cert without key": ({"rabbitmq_tls_ca_cert": CERT, "rabbitmq_tls_cert": CERT}, {},
-                         "broker: rabbitmq_tls_cert and rabbitmq_tls_key go together (TLS needs both); only rabbitmq_tls_cert is set"),
+                         "broker: rabbitmq_tls_cert and rabbitmq_tls_key go together (TLS needs both); "
+                         "only rabbitmq_tls_cert is set"),
     "key without cert": ({"rabbitmq_tls_ca_cert": CERT, "rabbitmq_tls_key": KEY}, {},
-                         "broker: rabbitmq_tls_cert and rabbitmq_tls_key go together (TLS needs both); only rabbitmq_tls_key is set"),
+                         "broker: rabbitmq_tls_cert and rabbitmq_tls_key go together (TLS needs both); "
+                         "only rabbitmq_tls_key is set"),
     "TLS without CA": ({"rabbitmq_tls_cert": CERT, "rabbitmq_tls_key": KEY}, {},
                        "broker: rabbitmq_tls_cert is set but rabbitmq_tls_ca_cert is empty"),
     "CA without TLS": ({"rabbitmq_tls_ca_cert": CERT}, {},
                        "broker: rabbitmq_tls_ca_cert is set but rabbitmq_tls_cert and rabbitmq_tls_key are not"),
     "CA not a file": ({**TLS, "rabbitmq_tls_ca_cert": "/nonexistent/ca.pem"}, {},
-                      'broker: rabbitmq_tls_ca_cert must be PEM text or the path of a PEM file on the controller holding '
-                      'a certificate; "/nonexistent/ca.pem" is neither'),
+                      'broker: rabbitmq_tls_ca_cert must be PEM text or the path of a PEM file on the controller '
+                      'holding a certificate; "/nonexistent/ca.pem" is neither'),
     "key that is a certificate": ({**TLS, "rabbitmq_tls_key": CERT}, {},
-                                  "broker: rabbitmq_tls_key must be PEM text or the path of a PEM file on the controller "
-                                  "holding a private key"),
+                                  "broker: rabbitmq_tls_key must be PEM text or the path of a PEM file on the "
+                                  "controller holding a private key"),
     "peer verification without TLS": ({"rabbitmq_tls_verify_peer": True}, {},
                                       "broker: rabbitmq_tls_verify_peer is on but the broker has no TLS"),
-    "TLS only without TLS": ({"rabbitmq_tls_only": True}, {}, "broker: rabbitmq_tls_only is on but the broker has no TLS"),
+    "TLS only without TLS": ({"rabbitmq_tls_only": True}, {},
+                             "broker: rabbitmq_tls_only is on but the broker has no TLS"),
     "worker without client cert under peer verification": (
         {**TLS, "rabbitmq_tls_verify_peer": True}, {"celery_worker_tls_cert": CERT, "celery_worker_tls_key": KEY},
         "worker2: the broker verifies client certificates (rabbitmq_tls_verify_peer) but celery_worker_tls_cert and "
@@ -47,13 +46,16 @@ CASES = {
                                 "only celery_worker_tls_key is set"),
     "client cert without broker TLS": ({}, {"celery_worker_tls_cert": CERT, "celery_worker_tls_key": KEY},
                                        "worker1: celery_worker_tls_cert is set but the broker has no TLS"),
-    "client cert not a file": (TLS, {"celery_worker_tls_cert": "/nonexistent/client.pem", "celery_worker_tls_key": KEY},
-                               "worker1: celery_worker_tls_ca_cert, celery_worker_tls_cert and celery_worker_tls_key must "
-                               "each be PEM text or the path of a PEM file on the controller; not a file: /nonexistent/client.pem"),
+    "client cert not a file": (TLS, {"celery_worker_tls_cert": "/nonexistent/client.pem",
+                                     "celery_worker_tls_key": KEY},
+                               "worker1: celery_worker_tls_ca_cert, celery_worker_tls_cert and celery_worker_tls_key "
+                               "must each be PEM text or the path of a PEM file on the controller; not a file: "
+                               "/nonexistent/client.pem"),
     "disk free limit with both forms": ({"rabbitmq_disk_free_limit": {"relative": 1.0, "absolute": "2GB"}}, {},
-                                        "broker: rabbitmq_disk_free_limit must be {relative: <multiple of RAM, above 0>} or "
-                                        "{absolute: <size such as 50GB>}"),
-    "disk free limit of zero": ({"rabbitmq_disk_free_limit": {"relative": 0}}, {}, "broker: rabbitmq_disk_free_limit must be"),
+                                        "broker: rabbitmq_disk_free_limit must be "
+                                        "{relative: <multiple of RAM, above 0>} or {absolute: <size such as 50GB>}"),
+    "disk free limit of zero": ({"rabbitmq_disk_free_limit": {"relative": 0}}, {},
+                                "broker: rabbitmq_disk_free_limit must be"),
     "disk free limit in furlongs": ({"rabbitmq_disk_free_limit": {"absolute": "2 furlongs"}}, {},
                                     "broker: rabbitmq_disk_free_limit must be"),
     "descriptor limit too low": ({"rabbitmq_nofile_limit": 100}, {},

@@ -12,16 +12,13 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import amqp
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-
-from deploy_helpers import ROOT, deploy, inventory_hostvars, recap, write_inventory  # noqa: E402
+from support.deploy import ROOT, deploy, inventory_hostvars, recap, write_inventory
 
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "inventories" / "tls" / "hosts.yml"
 BROKER, WORKER = "tls-broker", "tls-worker"
@@ -233,7 +230,8 @@ def test_client_without_a_fleet_certificate_is_refused(tls_fleet, certs, address
         _connect(address, 5671, password, _tls(certs, address, client))
 
 
-def test_management_with_tls_serves_https_on_every_interface_and_no_plain_http(tls_fleet, sandbox_fleet, certs, address):
+def test_management_with_tls_serves_https_on_every_interface_and_no_plain_http(tls_fleet, sandbox_fleet, certs,
+                                                                                address):
     ports = [a for a in _listening(sandbox_fleet.host(BROKER)) if a.endswith(":15672") or a.endswith(":15671")]
     assert ports and all(p.rsplit(":", 1)[1] == "15671" and not p.startswith("127.") for p in ports), ports
     context = ssl.create_default_context(cafile=str(certs / "ca.pem"))

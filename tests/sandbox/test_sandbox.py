@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-import sandbox
-from fleet_testing import ROOT, make
+
+from fleetctl import sandbox
+from support.fleet import ROOT, make
 
 SANDBOX_INVENTORY = ROOT / "tests" / "inventories" / "four-hosts" / "hosts.ini"
 HOSTS = ["mq1", "node-a", "node-b", "watch1"]

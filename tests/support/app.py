@@ -14,9 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
-for _path in (str(REPO), str(SCRIPTS)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+FLEETCTL = REPO / ".venv" / "bin" / "fleetctl"
 
 # Never read this machine's /etc/conf.d/celery; set before celery_app is imported anywhere.
 os.environ["CELERY_ENV_FILE"] = "/nonexistent/celery-env"
@@ -43,7 +41,6 @@ def _rabbitmqctl(*args: str) -> str:
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "CELERYD", "CELERYBEAT"))}
-
 
 
 @dataclass
@@ -87,7 +84,6 @@ class WorkerNode:
     def env(self) -> dict[str, str]:
         return {
             **_clean_env(),
-            "PYTHONPATH": str(REPO),
             "CELERY_ENV_FILE": "/nonexistent/celery-env",
             "CELERY_BROKER_URL": self.broker_url,
             "CELERY_BROADCAST_QUEUES": ",".join(BROADCAST_QUEUES),
@@ -140,7 +136,6 @@ def wait_ready(app, nodes: list[WorkerNode]) -> None:
 
 def host_dirs(fleet_root: Path, host: str) -> HostDirs:
     return HostDirs(fleet_root / host)
-
 
 
 def write_inventory(directory: Path, hosts: dict[str, dict[str, list[str]]]) -> Path:

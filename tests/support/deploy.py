@@ -61,11 +61,12 @@ def sandbox_inventory() -> dict:
 
 
 def write_inventory(parent: Path, inventory: dict | str, source: Path = SANDBOX_INVENTORY) -> Path:
-    """An inventory of the running sandbox hosts of source in parent/<its directory name>/hosts.yml, connection vars in host_vars/.
+    """An inventory of the running sandbox hosts of source in parent/<its directory name>/hosts.yml.
 
-    The directory is named like the source inventory's, so the deploy reuses that fleet's broker
-    password (.secrets/sandbox/ for the default): only what the inventory itself changes differs on the
-    hosts. The package proxy variables go to all.vars unless the inventory sets them (so it can get them wrong).
+    Connection variables go to host_vars/. The directory is named like the source inventory's, so the
+    deploy reuses that fleet's broker password (.secrets/sandbox/ for the default): only what the
+    inventory itself changes differs on the hosts. The package proxy variables go to all.vars unless the
+    inventory sets them (so it can get them wrong).
     """
     document = yaml.safe_load(inventory) if isinstance(inventory, str) else inventory
     directory = parent / source.parent.name

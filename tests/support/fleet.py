@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import testinfra
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
 SANDBOX_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
-os.environ["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"  # ansible-inventory for testinfra
-sys.path.insert(0, str(ROOT / "scripts"))
+# ansible-inventory, for testinfra's ansible:// hosts
+os.environ["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def fleet_env() -> dict[str, str]:
@@ -33,7 +33,7 @@ def make(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.Co
 
 
 def sandbox_status() -> list[dict]:
-    out = subprocess.run([sys.executable, "scripts/sandbox.py", "status", "--json"], cwd=ROOT, text=True,
+    out = subprocess.run([str(FLEETCTL), "sandbox", "status", "--json"], cwd=ROOT, text=True,
                          capture_output=True, check=True).stdout
     return json.loads(out)
 

@@ -1,8 +1,8 @@
 """The health check on the deployed sandbox fleet: each fault is named, and each test undoes its fault.
 
-The checks run scripts/health.py (what `make health` / `make status` run) with --format json. Host metric
-thresholds are relaxed except where a test is about them: the sandbox hosts share this machine's kernel
-and disk, so a busy or full test machine is not what these tests are about.
+The checks run `fleetctl health` and `fleetctl status` (what `make health` / `make status` run) with
+--format json. Host metric thresholds are relaxed except where a test is about them: the sandbox hosts
+share this machine's kernel and disk, so a busy or full test machine is not what these tests are about.
 """
 from __future__ import annotations
 
@@ -10,19 +10,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from fleetctl import inventory as fleet_model
+from fleetctl import sandbox
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import fleet as fleet_model  # noqa: E402
-import sandbox  # noqa: E402
-
-PYTHON = ROOT / ".venv" / "bin" / "python"
+FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
 FAB = ROOT / ".venv" / "bin" / "fab"
 SHARED_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 # The throwaway fleet of the powered-off test (sandbox_fleet fixture): two bare hosts, never deployed.
@@ -35,8 +32,9 @@ GUARD = 120  # seconds; against a hanging run, not a speed assertion
 SETTLE = 120  # seconds to wait for the fleet to be healthy again after a fault is undone
 
 
-def _health(*args: str, inventory: Path = SHARED_INVENTORY, env: dict | None = None) -> tuple[int, dict]:
-    proc = subprocess.run([str(PYTHON), "scripts/health.py", "--inventory", str(inventory), "--format", "json",
+def _health(*args: str, verb: str = "health", inventory: Path = SHARED_INVENTORY,
+            env: dict | None = None) -> tuple[int, dict]:
+    proc = subprocess.run([str(FLEETCTL), verb, "--inventory", str(inventory), "--format", "json",
                            *RELAXED, *args], cwd=ROOT, capture_output=True, text=True, timeout=GUARD,
                           env={**os.environ, **(env or {})})
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
@@ -94,7 +92,7 @@ def test_healthy_fleet_exits_0_with_every_host_and_node_ok(fleet):
 
 
 def test_text_table_names_every_host_and_node_and_says_healthy(fleet):
-    proc = subprocess.run([str(PYTHON), "scripts/health.py", "--inventory", str(SHARED_INVENTORY), *RELAXED],
+    proc = subprocess.run([str(FLEETCTL), "health", "--inventory", str(SHARED_INVENTORY), *RELAXED],
                           cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
@@ -104,7 +102,7 @@ def test_text_table_names_every_host_and_node_and_says_healthy(fleet):
 
 
 def test_status_and_the_fabric_tasks_give_one_row_per_host(fleet):
-    code, report = _health("--summary")
+    code, report = _health(verb="status")
     assert code == 0 and [row["name"] for row in report["rows"]] == list(HOSTS)
     assert "2/2 nodes OK" in _rows(report)["worker1"]["facts"]
     for task in ("status", "health"):
@@ -203,7 +201,7 @@ def test_metric_over_its_threshold_is_flagged_and_warn_alone_stays_healthy(fleet
 
 
 def test_missing_inventory_is_a_usage_error():
-    proc = subprocess.run([str(PYTHON), "scripts/health.py", "--inventory", "/nonexistent/hosts.yml"],
+    proc = subprocess.run([str(FLEETCTL), "health", "--inventory", "/nonexistent/hosts.yml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
     assert proc.returncode == 2 and "/nonexistent/hosts.yml" in proc.stderr
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -18,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fleetctl import inventory as fleet_model
+from fleetctl import restart
+from fleetctl.cli.restart import describe_finding
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import fleet as fleet_model  # noqa: E402
-import restart  # noqa: E402
-
+FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
 INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 NODES = {"calc@worker1": "worker1", "reports@worker1": "worker1", "celery@worker2": "worker2"}
 RECORD = "celery_app.tasks.examples.record"
@@ -76,10 +75,12 @@ def _fleet() -> fleet_model.Fleet:
     return fleet_model.load_fleet(INVENTORY)
 
 
-def _whole() -> tuple[bool, dict]:
-    """Whether every node answers ping with its queues and runs once, celery.service active (restart.py's check)."""
+def _whole() -> tuple[bool, dict[str, list[str]]]:
+    """Whether every node answers ping with its queues and runs once, celery.service active (`fleetctl restart`'s
+    check); and host -> its problems in words."""
     verdict = restart.verify(_fleet(), _fleet().workers, timeout=0.1, connect_timeout=3)
-    return verdict.healthy, dict(verdict.problems)
+    problems = {host: [describe_finding(f) for f in findings] for host, findings in verdict.problems.items()}
+    return verdict.healthy, problems
 
 
 def _wait_whole(within: float = SETTLE) -> None:
@@ -139,16 +140,17 @@ def _wait_active(app, node: str, task_id: str, within: float = 30) -> None:
 
 
 def _queue_depth(fleet, queue: str) -> int:
-    out = fleet.host("broker").check_output("rabbitmqctl -q -p celery list_queues name messages_ready --no-table-headers")
+    out = fleet.host("broker").check_output("rabbitmqctl -q -p celery list_queues name messages_ready "
+                                            "--no-table-headers")
     return next((int(n) for name, n in (line.split() for line in out.splitlines()) if name == queue), 0)
 
 
 def _make_restart() -> subprocess.CompletedProcess:
-    """`make restart` (scripts/restart.py when the Makefile has no such target yet)."""
+    """`make restart` (`fleetctl restart` when the Makefile has no such target)."""
     if subprocess.run(["make", "-n", "restart"], cwd=ROOT, capture_output=True).returncode == 0:
         command = ["make", "--no-print-directory", "restart", f"INVENTORY={INVENTORY}"]
     else:
-        command = [sys.executable, "scripts/restart.py", "--inventory", str(INVENTORY)]
+        command = [str(FLEETCTL), "restart", "--inventory", str(INVENTORY)]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -240,7 +242,7 @@ def test_rolling_restart_stops_at_a_host_whose_nodes_do_not_come_back(fleet, tmp
     for name, variables in _connection_vars().items():
         (directory / "host_vars").mkdir(exist_ok=True)
         (directory / "host_vars" / f"{name}.yml").write_text(yaml.safe_dump(variables))
-    proc = subprocess.run([sys.executable, "scripts/restart.py", "--inventory", str(directory / "hosts.yml"),
+    proc = subprocess.run([str(FLEETCTL), "restart", "--inventory", str(directory / "hosts.yml"),
                            "--verify-timeout", "5", "--format", "json"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     outcome = json.loads(proc.stdout)
