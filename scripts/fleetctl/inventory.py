@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fleetctl.errors import EXIT_USAGE, UnavailableError
-from fleetctl.paths import ANSIBLE_CONFIG, CACHE_DIR, REPO_ROOT, SECRETS_ROOT, VENV_BIN
+from fleetctl.paths import ANSIBLE_CONFIG, CACHE_DIR, REPO_ROOT, SECRETS_ROOT
 
 PASSWORD_FILE = "rabbitmq-celery-password"
 BROKER_USER = "celery"
@@ -63,9 +65,10 @@ class Node:
 class Host:
     """An inventory host: its address, groups, (worker hosts only) Celery nodes and SSH connection fields.
 
-    ``user``, ``port`` and ``key_file`` come from ``ansible_user``, ``ansible_port`` and
-    ``ansible_ssh_private_key_file`` (or their aliases ``ansible_ssh_user``, ``ansible_ssh_port``,
-    ``ansible_private_key_file``); None means "SSH's default".
+    The connection fields are what Ansible would use for the host, rendered by ansible-core
+    (fleetctl.ansible_view): ``ansible_user``, ``ansible_port``, ``ansible_ssh_private_key_file`` (or
+    their aliases), ``ansible_ssh_common_args``/``ansible_ssh_extra_args`` and ``ansible_become*``, with
+    the configuration's defaults; None means "SSH's default".
     """
 
     name: str
@@ -75,6 +78,11 @@ class Host:
     user: str | None = None
     port: int | None = None
     key_file: str | None = None
+    ssh_args: tuple[str, ...] = ()  # ansible_ssh_common_args + ansible_ssh_extra_args, split as a shell would
+    become: bool = False  # ansible_become: run privileged commands through become_method as become_user
+    become_method: str = "sudo"
+    become_user: str = "root"
+    host_key_checking: bool = True  # Ansible's host_key_checking (configuration), as the tools honour it
 
     @property
     def is_worker(self) -> bool:
@@ -99,6 +107,9 @@ class Fleet:
     broadcast_queues: tuple[str, ...] = DEFAULT_BROADCAST_QUEUES
     broker_url: str | None = field(default=None, repr=False, compare=False)
     selected: frozenset[str] | None = None  # --limit: the hosts worked on (None: every host)
+    # Where the deploy takes the broker password: "secrets" (.secrets/<inventory dir>/), "inventory"
+    # (fleet_broker_password, e.g. from ansible-vault) or "file:<path>" (fleet_broker_password_file).
+    password_source: str = "secrets"
 
     def limited(self, names: Iterable[str] | None) -> Fleet:
         """The same fleet with only names worked on (health, restart, broadcast); None: every host."""
@@ -204,10 +215,20 @@ def _nodes(host: str, hostvars: Mapping[str, Any]) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-def _connection(host: str, hostvars: Mapping[str, Any]) -> dict[str, Any]:
-    """Host's SSH connection fields (user, port, key_file) from its hostvars; missing ones are None."""
+BECOME_METHODS = ("sudo",)
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _connection(host: str, hostvars: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Host's SSH connection fields from its hostvars, else Ansible's configured defaults; missing ones are None."""
+    defaults = defaults or {}
+
     def first(*names: str) -> Any:
-        return next((hostvars[name] for name in names if hostvars.get(name) not in (None, "")), None)
+        found = next((hostvars[name] for name in names if hostvars.get(name) not in (None, "")), None)
+        return defaults.get(names[0]) if found is None else found
 
     port = first("ansible_port", "ansible_ssh_port")
     if port is not None:
@@ -216,8 +237,19 @@ def _connection(host: str, hostvars: Mapping[str, Any]) -> dict[str, Any]:
         port = int(port)
     user = first("ansible_user", "ansible_ssh_user")
     key_file = first("ansible_ssh_private_key_file", "ansible_private_key_file")
+    args = " ".join(str(hostvars.get(name) or "") for name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"))
+    try:
+        ssh_args = tuple(shlex.split(args))
+    except ValueError as exc:
+        raise FleetError(f"{host}: ansible_ssh_common_args does not split as a shell would: {exc}") from None
+    become = _flag(first("ansible_become") or False)
+    method = str(first("ansible_become_method") or "sudo")
+    if become and method not in BECOME_METHODS:
+        raise FleetError(f"{host}: ansible_become_method {method!r}: fleetctl supports {', '.join(BECOME_METHODS)}")
     return {"user": None if user is None else str(user), "port": port,
-            "key_file": None if key_file is None else str(key_file)}
+            "key_file": None if key_file is None else str(key_file), "ssh_args": ssh_args, "become": become,
+            "become_method": method, "become_user": str(first("ansible_become_user") or "root"),
+            "host_key_checking": _flag(defaults.get("host_key_checking", True))}
 
 
 def _broadcast_queues(workers: list[str], hostvars: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
@@ -251,16 +283,24 @@ def parse_inventory(data: Mapping[str, Any]) -> Fleet:
             address=str(hostvars.get(host, {}).get("ansible_host") or host),
             groups=groups_of[host],
             nodes=_nodes(host, hostvars.get(host, {})) if host in workers else (),
-            **_connection(host, hostvars.get(host, {})),
+            **_connection(host, hostvars.get(host, {}), (data.get("_meta") or {}).get("defaults")),
         )
         for host in order
     )
     brokers = members.get(BROKER_GROUP, [])
+    broker_vars = hostvars.get(brokers[0], {}) if brokers else {}
+    if broker_vars.get("fleet_broker_password_set"):
+        source = "inventory"
+    elif broker_vars.get("fleet_broker_password_file"):
+        source = f"file:{broker_vars['fleet_broker_password_file']}"
+    else:
+        source = "secrets"
     return Fleet(
         hosts=hosts,
         beat_host=beat[0] if beat else None,
         broker_host=brokers[0] if brokers else None,
         broadcast_queues=_broadcast_queues(workers, hostvars),
+        password_source=source,
     )
 
 
@@ -325,7 +365,7 @@ def run_ansible_inventory(inventory: str | os.PathLike, timeout: float = 120,
     cached = INVENTORY_CACHE / f"{prefix}-{key[:24]}.json"
     with contextlib.suppress(OSError, ValueError):
         return json.loads(cached.read_text())
-    data = _ansible_inventory(path, timeout, limit)
+    data = _ansible_view(path, timeout, limit)
     with contextlib.suppress(OSError):
         INVENTORY_CACHE.mkdir(parents=True, exist_ok=True)
         for stale in INVENTORY_CACHE.glob(f"{prefix}-*.json"):
@@ -336,30 +376,33 @@ def run_ansible_inventory(inventory: str | os.PathLike, timeout: float = 120,
     return data
 
 
-def _ansible_inventory(inventory: Path, timeout: float, limit: str | None = None) -> dict[str, Any]:
-    """``ansible-inventory -i inventory --list [--limit]``, decoded; run from the repository root."""
-    binary = VENV_BIN / "ansible-inventory"
-    command = [str(binary) if binary.exists() else "ansible-inventory", "-i", str(Path(inventory).resolve()), "--list"]
+def _ansible_view(inventory: Path, timeout: float, limit: str | None = None, secrets: bool = False) -> dict[str, Any]:
+    """The inventory as ansible-core renders it (fleetctl.ansible_view in a child process), decoded."""
+    command = [sys.executable, "-m", "fleetctl.ansible_view", str(Path(inventory).resolve()),
+               "--playbook-dir", str(REPO_ROOT / "playbooks")]
     command += ["--limit", limit] if limit else []
+    command += ["--secrets"] if secrets else []
     # An inventory ansible cannot parse is an error, not an empty fleet.
     env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_CONFIG), "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True"}
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FleetError(f"ansible-inventory failed: {exc}") from None
+        raise FleetError(f"reading the inventory failed: {exc}") from None
     if done.returncode != 0:
-        raise FleetError(f"ansible-inventory failed: {redact(done.stderr.strip()[-2000:])}")
+        text = done.stderr.strip()
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            raise FleetError(redact(json.loads(text.splitlines()[-1])["error"]))
+        raise FleetError(f"reading the inventory failed: {redact(text[-2000:])}")
     try:
         return json.loads(done.stdout)
     except ValueError as exc:
-        raise FleetError(f"ansible-inventory printed no JSON: {exc}") from None
+        raise FleetError(f"reading the inventory printed no JSON: {exc}") from None
 
 
 def limit_hosts(inventory: str | os.PathLike, pattern: str) -> tuple[str, ...]:
     """The inventory's hosts an Ansible host pattern (``--limit``) selects; FleetError when it selects none."""
-    data = unwrap(run_ansible_inventory(inventory, limit=pattern))
-    names = tuple(dict.fromkeys([*((data.get("_meta") or {}).get("hostvars") or {}),
-                                 *(h for hosts in _group_members(data).values() for h in hosts)]))
+    data = run_ansible_inventory(inventory, limit=pattern)
+    names = tuple((data.get("_meta") or {}).get("selected") or ())
     if not names:
         raise InventoryNotFound(f"{inventory}: --limit {pattern!r} matches no host")
     return names
@@ -375,6 +418,20 @@ def load_fleet(
     fleet = fleet.limited(limit_hosts(inventory, limit) if limit else None)
     url = environ.get("CELERY_BROKER_URL") or None
     if url is None and fleet.broker_address:
-        password = read_password(inventory, secrets_root)
+        password = fleet_password(fleet, inventory, secrets_root)
         url = broker_url(fleet.broker_address, password) if password else None
     return replace(fleet, broker_url=url)
+
+
+def fleet_password(fleet: Fleet, inventory: str | os.PathLike, secrets_root: Path = SECRETS_ROOT) -> str | None:
+    """The broker password from where the deploy takes it (the same source, never cached on disk)."""
+    if fleet.password_source == "inventory":  # decrypted by ansible-core on every call (vault)
+        data = _ansible_view(Path(inventory).resolve(), 120, secrets=True)
+        hostvars = (data.get("_meta") or {}).get("hostvars") or {}
+        value = hostvars.get(fleet.broker_host, {}).get("fleet_broker_password")
+        return str(value) if value not in (None, "") else None
+    if fleet.password_source.startswith("file:"):
+        with contextlib.suppress(OSError):
+            return Path(fleet.password_source[5:]).expanduser().read_text(encoding="utf-8").strip() or None
+        return None
+    return read_password(inventory, secrets_root)

@@ -268,7 +268,7 @@ def resume(app: Any, queues: Mapping[str, Sequence[str]]) -> dict[str, tuple[str
 def restart_hosts(hosts: Sequence[Host], connect_timeout: float, timeout: float) -> dict[str, Step]:
     """``systemctl restart celery.service`` on every host at once; host -> Step."""
     started = time.monotonic()
-    results = run_on_hosts(hosts, RESTART_COMMAND, connect_timeout=connect_timeout, timeout=timeout)
+    results = run_on_hosts(hosts, RESTART_COMMAND, connect_timeout=connect_timeout, timeout=timeout, become=True)
     elapsed = time.monotonic() - started
     steps = {}
     for host in hosts:

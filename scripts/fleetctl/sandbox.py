@@ -36,11 +36,9 @@ SUITES = ("bookworm", "trixie")
 IMAGE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt", "iproute2", "sudo",
 )
-IMAGE_RECIPE_VERSION = 1
-SSH_OPTIONS = (
-    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-    "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
-)
+IMAGE_RECIPE_VERSION = 2
+KNOWN_HOSTS = STATE_DIR / "known_hosts"  # every sandbox host's own key, recorded when it boots
+LOGINS = ("root", "deploy")  # sandbox_login: root (default), or deploy, a user with sudo (no root login)
 _HOSTNAME_RE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
@@ -54,6 +52,7 @@ class HostState:
     name: str
     address: str
     machine: str
+    login: str = "root"  # the only user SSH lets in: root, or deploy (with sudo)
 
 
 @dataclass
@@ -226,8 +225,8 @@ def _pid1_start(pid: int) -> str:
 
 # ---------------------------------------------------------------- inventory
 
-def read_inventory(inventory: Path) -> list[str]:
-    """Host names of an inventory, via ansible-inventory; SandboxError when it does not parse."""
+def read_inventory(inventory: Path) -> dict[str, str]:
+    """Host name -> sandbox_login of each host of an inventory, via ansible-inventory; SandboxError when bad."""
     if not inventory.exists():
         raise SandboxError(f"inventory {inventory}: no such file or directory")
     ansible_inventory = Path(sys.executable).parent / "ansible-inventory"
@@ -241,10 +240,17 @@ def read_inventory(inventory: Path) -> list[str]:
     if proc.returncode != 0:
         detail = " ".join(line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip())
         raise SandboxError(f"inventory {inventory} does not parse: {detail[:600]}")
-    names = host_names(json.loads(proc.stdout))
+    listing = json.loads(proc.stdout)
+    names = host_names(listing)
     if not names:
         raise SandboxError(f"inventory {inventory}: no hosts")
-    return names
+    hostvars = (listing.get("_meta") or {}).get("hostvars") or {}
+    logins = {name: (hostvars.get(name) or {}).get("sandbox_login", "root") for name in names}
+    bad = sorted(f"{name}: {login!r}" for name, login in logins.items() if login not in LOGINS)
+    if bad:
+        raise SandboxError(f"inventory {inventory}: sandbox_login must be one of {', '.join(LOGINS)} "
+                           f"({'; '.join(bad)})")
+    return logins
 
 
 def validate_hosts(inventory: Path, names: list[str]) -> None:
@@ -292,9 +298,10 @@ def _free_index(fleets: list[Fleet], fid: str) -> int:
     raise SandboxError("no free sandbox subnet left (256 fleets up?)")
 
 
-def plan_fleet(inventory: Path, names: list[str], suite: str, image: Path) -> Fleet:
+def plan_fleet(inventory: Path, logins: dict[str, str], suite: str, image: Path) -> Fleet:
     """The fleet for an inventory: reuses the addresses of an earlier run where names match."""
     fid = fleet_id(inventory)
+    names = list(logins)
     fleets = load_fleets()
     previous = next((f for f in fleets if f.fid == fid), None)
     inv_dir = inventory_dir(inventory)
@@ -306,9 +313,9 @@ def plan_fleet(inventory: Path, names: list[str], suite: str, image: Path) -> Fl
     index = previous.index if previous else _free_index(fleets, fid)
     fleet = Fleet(fid=fid, inventory=str(inventory.resolve()), inventory_dir=inv_dir, index=index,
                   suite=suite, image=str(image))
-    for position, name in enumerate(names):
+    for position, (name, login) in enumerate(logins.items()):
         fleet.hosts[name] = HostState(name=name, address=host_address(index, position),
-                                      machine=machine_name(fid, position))
+                                      machine=machine_name(fid, position), login=login)
     return fleet
 
 
@@ -322,8 +329,22 @@ def _customize_image(root: Path) -> None:
     ssh = root / "root/.ssh"
     ssh.mkdir(mode=0o700, exist_ok=True)
     (ssh / "authorized_keys").touch(mode=0o600)
+    # Each host gets a host key of its own when it boots (bound in): none is shared through the image.
+    for old in (root / "etc/ssh").glob("ssh_host_*"):
+        old.unlink()
     (root / "etc/ssh/sshd_config.d/sandbox.conf").write_text(
-        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n")
+        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+    # The unprivileged login of production-like hosts (sandbox_login: deploy): sudo without a password.
+    subprocess.run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", "deploy"],
+                   check=True, capture_output=True)
+    home = root / "home/deploy/.ssh"
+    home.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["chroot", str(root), "chown", "deploy:deploy", "/home/deploy/.ssh"], check=True,
+                   capture_output=True)
+    sudoers = root / "etc/sudoers.d/deploy"
+    sudoers.write_text("deploy ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
     (root / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
     subprocess.run(["chroot", str(root), "systemctl", "enable", "systemd-networkd.service"],
                    check=True, capture_output=True)
@@ -465,6 +486,28 @@ def _remove_cgroups(pattern: str) -> None:
     _wait(remove_all, 3, 0.1)  # the last processes of a killed namespace may take a moment to go
 
 
+def known_host_lines(text: str, addresses: set[str]) -> list[str]:
+    """The lines of a known_hosts text that name none of addresses."""
+    return [line for line in text.splitlines() if line.strip() and line.split(maxsplit=1)[0] not in addresses]
+
+
+def record_host_key(address: str, public_key: str) -> None:
+    """Trust public_key, and only it, for address in the sandbox's known_hosts (callers hold the lock)."""
+    text = KNOWN_HOSTS.read_text() if KNOWN_HOSTS.exists() else ""
+    key_type, key_data = public_key.split()[:2]
+    lines = [*known_host_lines(text, {address}), f"{address} {key_type} {key_data}"]
+    tmp = KNOWN_HOSTS.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(KNOWN_HOSTS)
+
+
+def forget_host_keys(addresses: set[str]) -> None:
+    """Drop addresses from the sandbox's known_hosts (callers hold the lock)."""
+    if KNOWN_HOSTS.exists():
+        lines = known_host_lines(KNOWN_HOSTS.read_text(), addresses)
+        KNOWN_HOSTS.write_text("\n".join(lines) + "\n" if lines else "")
+
+
 def _start_host(fleet: Fleet, host: HostState, key: Path) -> None:
     hdir = fleet.directory / "hosts" / host.name
     if hdir.exists():
@@ -472,6 +515,10 @@ def _start_host(fleet: Fleet, host: HostState, key: Path) -> None:
     upper = hdir / "upper"
     upper.mkdir(parents=True)
     (hdir / "10-host0.network").write_text(network_unit(host.address))
+    host_key = hdir / "ssh_host_ed25519_key"
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
+    record_host_key(host.address, (hdir / "ssh_host_ed25519_key.pub").read_text())
+    login_keys = "/root/.ssh/authorized_keys" if host.login == "root" else f"/home/{host.login}/.ssh/authorized_keys"
     cmd = [
         shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn",
         "--quiet", "--boot", "--register=no", "--keep-unit", "--console=read-only",
@@ -481,7 +528,9 @@ def _start_host(fleet: Fleet, host: HostState, key: Path) -> None:
         "--resolv-conf=off", "--timezone=off", "--link-journal=no",
         f"--bind-ro={hdir / '10-host0.network'}:/etc/systemd/network/10-host0.network",
         f"--bind-ro={fleet.directory / 'etc-hosts'}:/etc/hosts",
-        f"--bind-ro={key}.pub:/root/.ssh/authorized_keys",
+        f"--bind-ro={key}.pub:{login_keys}",
+        f"--bind-ro={host_key}:/etc/ssh/ssh_host_ed25519_key",
+        f"--bind-ro={host_key}.pub:/etc/ssh/ssh_host_ed25519_key.pub",
         f"--setenv=SANDBOX_FLEET={fleet.fid}", f"--setenv=SANDBOX_HOST={host.name}",
     ]
     cgroups = cgroup_dirs(host.machine)
@@ -517,15 +566,15 @@ def up(inventory: Path, suite: str = "bookworm", log=_quiet) -> Fleet:
     """Bring every host of an inventory up (idempotent: running hosts are left as they are)."""
     if suite not in SUITES:
         raise SandboxError(f"suite {suite!r}: expected one of {', '.join(SUITES)}")
-    names = read_inventory(inventory)
-    validate_hosts(inventory, names)
+    logins = read_inventory(inventory)
+    validate_hosts(inventory, list(logins))
     for tool in ("systemd-nspawn", "debootstrap", "tinyproxy", "ip", "ssh-keygen"):
         if not shutil.which(tool):
             raise SandboxError(f"{tool} not found: run `make setup` (installs the system packages)")
     image = ensure_image(suite, log)
     key = ssh_key()
     with _locked():
-        fleet = plan_fleet(inventory, names, suite, image)
+        fleet = plan_fleet(inventory, logins, suite, image)
         old = next((f for f in load_fleets() if f.fid == fleet.fid), None)
         inits = container_inits()
         nspawns = nspawn_pids(f"sb{fleet.fid[:6]}-")
@@ -589,6 +638,7 @@ def down(inventory: Path | None = None, everything: bool = False) -> list[str]:
                 _kill(pid, signal.SIGKILL)
             if _link_exists(fleet.bridge):
                 _run(["ip", "link", "del", fleet.bridge], check=False)
+            forget_host_keys({h.address for h in fleet.hosts.values()})
             shutil.rmtree(fleet.directory, ignore_errors=True)
             removed.append(fleet.inventory)
     return removed

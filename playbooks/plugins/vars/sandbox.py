@@ -26,7 +26,8 @@ DOCUMENTATION = """
 """
 
 _STATE = Path(__file__).resolve().parents[3] / ".sandbox"
-_SSH_ARGS = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
+# The sandbox trusts its own hosts by their own keys, recorded when it booted them: checking stays on.
+_SSH_ARGS = (f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={_STATE / 'known_hosts'} -o LogLevel=ERROR "
              "-o ConnectTimeout=5")
 _CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
@@ -52,7 +53,7 @@ def _host_vars(fleet: dict, host: dict) -> dict:
     ca_bundle = next((p for p in _CA_BUNDLES if os.path.isfile(p)), "")
     values = {
         "ansible_host": host["address"],
-        "ansible_user": "root",
+        "ansible_user": host.get("login") or "root",
         "ansible_port": 22,
         "ansible_ssh_private_key_file": str(_STATE / "ssh" / "id_ed25519"),
         "ansible_ssh_common_args": _SSH_ARGS,
@@ -61,6 +62,8 @@ def _host_vars(fleet: dict, host: dict) -> dict:
         "fleet_ca_bundle": ca_bundle,
         "sandbox_fleet": fleet["fid"],
     }
+    if values["ansible_user"] != "root":  # a production-like host: an unprivileged login with sudo
+        values.update(ansible_become=True, ansible_become_method="sudo", ansible_become_user="root")
     return {k: _trusted(v) if isinstance(v, str) else v for k, v in values.items()}
 
 

@@ -56,7 +56,7 @@ def probe_hosts(hosts: Sequence[Host], connect_timeout: float, deadline: float) 
     """Run the probe on every host at once (one SSH round trip each); hosts not done by deadline are DOWN."""
     timeout = deadline - time.monotonic()
     results = run_on_hosts(hosts, probe_command(), connect_timeout=connect_timeout, timeout=timeout,
-                           deadline=deadline)
+                           deadline=deadline, become=True)
     return {name: probe_from(result) for name, result in results.items()}
 
 
