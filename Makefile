@@ -12,6 +12,7 @@ ARGS ?=
 TIMEOUT ?= 10
 FORMAT ?= text
 PYTEST_ARGS ?=
+ANSIBLE_ARGS ?=
 SERIAL ?= 1
 BENCH ?=
 HOSTS ?=
@@ -22,24 +23,26 @@ LIMIT_ARG = $(if $(LIMIT),--limit "$(LIMIT)")
 SHELL_SCRIPTS := $(wildcard scripts/*.sh) .ci/run
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-export ARGS
+export ARGS ANSIBLE_ARGS
 
 .PHONY: help
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 .PHONY: setup
-setup: $(STAMP) ## Install system packages and the controller environment (.venv)
-	@scripts/system-packages.sh
+setup: $(STAMP) ## Install the controller environment (.venv; root only to install missing system packages)
+	@scripts/system-packages.sh controller
 
 $(STAMP): requirements.txt pyproject.toml
+	@scripts/system-packages.sh controller
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 .PHONY: sandbox-up
-sandbox-up: setup ## Boot one sandbox host per inventory host [INVENTORY=path]
+sandbox-up: setup ## Boot one sandbox host per inventory host [INVENTORY=path] (root)
+	@scripts/system-packages.sh sandbox
 	$(BIN)/fleetctl sandbox up $(INVENTORY)
 
 .PHONY: sandbox-down
@@ -51,7 +54,7 @@ sandbox-status: ## List sandbox hosts, addresses and state
 	@if [ -x $(BIN)/fleetctl ]; then $(BIN)/fleetctl sandbox status; else PYTHONPATH=scripts $(PYTHON) -m fleetctl sandbox status; fi
 
 .PHONY: deploy
-deploy: setup ## Deploy the fleet [INVENTORY=path] [LIMIT=hosts] [CHECK=1]
+deploy: setup ## Deploy the fleet [INVENTORY=path] [LIMIT=hosts] [CHECK=1] [ANSIBLE_ARGS="--tags ... -e ..."]
 	@INVENTORY=$(INVENTORY) LIMIT=$(LIMIT) CHECK=$(CHECK) scripts/deploy.sh
 
 .PHONY: broadcast
@@ -73,6 +76,7 @@ restart: setup ## Rolling restart of the workers, SERIAL hosts at a time: drain,
 
 .PHONY: lint
 lint: setup ## Run ruff, shellcheck, yamllint and ansible-lint (production profile)
+	@scripts/system-packages.sh lint
 	$(BIN)/ruff check .
 	shellcheck $(SHELL_SCRIPTS)
 	$(BIN)/yamllint -s .
@@ -84,11 +88,13 @@ test-unit: $(STAMP) ## Run the fast tier: no root, no sandbox, no broker (well u
 
 .PHONY: test
 test: setup ## Run the whole test suite (lint, fast tier, broker and sandbox fleet tiers)
+	@scripts/system-packages.sh test
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS) tests
 
 .PHONY: bench
 bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart scale"] [HOSTS=24]
+	@scripts/system-packages.sh sandbox
 	$(BIN)/fleetctl bench $(BENCH) $(if $(HOSTS),--hosts $(HOSTS))
 
 .PHONY: clean

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Deploy the fleet of an inventory: `make deploy [INVENTORY=path] [LIMIT=hosts] [CHECK=1]`.
-# With the sandbox inventory (the default) the sandbox hosts are brought up first.
+# Deploy the fleet of an inventory: `make deploy [INVENTORY=path] [LIMIT=hosts] [CHECK=1] [ANSIBLE_ARGS=...]`.
+# With the sandbox inventory (the default) the sandbox hosts are brought up first (that needs root);
+# any other inventory deploys as whoever runs it. ANSIBLE_ARGS goes to ansible-playbook as it is
+# (split on spaces): --tags, -e, -v, --ask-vault-pass, --vault-password-file...
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,7 +25,13 @@ case "${CHECK:-}" in
   *) args+=(--check --diff) ;;
 esac
 
+if [ -n "${ANSIBLE_ARGS:-}" ]; then
+  read -r -a extra <<< "$ANSIBLE_ARGS"
+  args+=("${extra[@]}")
+fi
+
 if [ "$(realpath "$inventory")" = "$(realpath "$sandbox_inventory")" ]; then
+  scripts/system-packages.sh sandbox
   "$venv/bin/fleetctl" sandbox up "$inventory"
 fi
 
