@@ -235,7 +235,7 @@ def read_inventory(inventory: Path) -> dict[str, str]:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_CONFIG),
                ANSIBLE_INVENTORY_UNPARSED_FAILED="true", ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED="true",
                ANSIBLE_VARS_ENABLED="host_group_vars", ANSIBLE_NOCOLOR="1")
-    proc = _run([str(ansible_inventory), "-i", str(inventory), "--list", "--export"], check=False,
+    proc = _run([str(ansible_inventory), "-i", str(inventory), "--list"], check=False,
                 env=env, cwd=ROOT)
     if proc.returncode != 0:
         detail = " ".join(line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip())

@@ -20,8 +20,11 @@ DOCUMENTATION = """
     short_description: Variables that reach hosts of the local sandbox fleet
     description:
       - For every host that `make sandbox-up` booted from an inventory in this directory, sets
-        C(ansible_host), C(ansible_user), the SSH key and options, and the package proxy
-        (C(fleet_http_proxy), C(fleet_ca_bundle)). Hosts that are not sandbox hosts get nothing.
+        C(sandbox_address), C(ansible_host) (unless the inventory file sets it, for instance to a
+        template of C(sandbox_address)), C(ansible_user) (root, or deploy with C(ansible_become) for
+        a host whose C(sandbox_login) is deploy), the SSH key and options (host keys checked against
+        C(.sandbox/known_hosts)), and the package proxy (C(fleet_http_proxy), C(fleet_ca_bundle)).
+        Hosts that are not sandbox hosts get nothing.
       - State is read from the repository's C(.sandbox/fleets/*/fleet.json).
 """
 
@@ -52,6 +55,7 @@ def _host_vars(fleet: dict, host: dict) -> dict:
     gateway = host["address"].rsplit(".", 1)[0] + ".1"
     ca_bundle = next((p for p in _CA_BUNDLES if os.path.isfile(p)), "")
     values = {
+        "sandbox_address": host["address"],
         "ansible_host": host["address"],
         "ansible_user": host.get("login") or "root",
         "ansible_port": 22,
@@ -87,5 +91,8 @@ class VarsModule(BaseVarsPlugin):
             for entity in hosts:
                 host = fleet["hosts"].get(entity.name)
                 if host:
-                    data.update(_host_vars(fleet, host))
+                    found = _host_vars(fleet, host)
+                    if "ansible_host" in entity.vars:  # the inventory's own (e.g. "{{ sandbox_address }}")
+                        del found["ansible_host"]
+                    data.update(found)
         return data

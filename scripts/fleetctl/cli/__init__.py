@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,9 @@ def main(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
 
 def run() -> None:
     """The console script: main(), then a fast exit (no module teardown once the output is out)."""
+    # Ctrl-C must reach a rolling restart even when whoever started fleetctl ignored SIGINT (a shell
+    # without job control does so for the commands it puts in the background): it gives queues back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = main(sys.argv[1:])
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)

@@ -1,0 +1,198 @@
+"""A production-like fleet: an unprivileged login with sudo, checked host keys, a vaulted password of
+special characters, a templated ansible_host; the whole lifecycle through make and fleetctl, and the
+roles from an operator's own playbook.
+
+The fleet's hosts let in only user deploy (sandbox_login: deploy; root cannot log in), every host key
+is checked against the sandbox's known_hosts, the broker password lives only in ansible-vault (with a
+vault password file, as a CI job of a real fleet has it) and holds every character that breaks URLs
+and shells, and each host's ansible_host is a template.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.deploy import recap
+from support.fleet import make
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".venv" / "bin"
+BASE = ROOT / ".sandbox" / "test-inventories"
+INVENTORY = BASE / "production" / "hosts.yml"
+VAULT_PASS = BASE / "production.vault-pass"
+KNOWN_HOSTS = ROOT / ".sandbox" / "known_hosts"
+PASSWORD = "p@ss:w/rd%\"$#' and a space " + secrets.token_hex(4)  # every character that breaks a URL or sh
+HOSTS = ("prod-broker", "prod-w1", "prod-w2")
+NODES = ("jobs@prod-w1", "jobs@prod-w2")
+GUARD = 1800
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    return {**env, "ANSIBLE_VAULT_PASSWORD_FILE": str(VAULT_PASS), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1"}
+
+
+def _run(*args: str, timeout: float = GUARD) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _deploy() -> subprocess.CompletedProcess:
+    return _run("make", "--no-print-directory", "deploy", f"INVENTORY={INVENTORY}")
+
+
+def _fleetctl(*args: str) -> subprocess.CompletedProcess:
+    return _run(str(BIN / "fleetctl"), *args[:1], "--inventory", str(INVENTORY), *args[1:], timeout=600)
+
+
+def _write_inventory() -> None:
+    """The inventory: deploy login, templated ansible_host, the password in a vaulted group var."""
+    directory = INVENTORY.parent
+    shutil.rmtree(directory, ignore_errors=True)
+    (directory / "group_vars" / "all").mkdir(parents=True)
+    VAULT_PASS.write_text(secrets.token_urlsafe(24) + "\n")
+    VAULT_PASS.chmod(0o600)
+    vaulted = subprocess.run([str(BIN / "ansible-vault"), "encrypt_string", "--stdin-name", "fleet_broker_password"],
+                             input=PASSWORD, capture_output=True, text=True, check=True, env=_env()).stdout
+    (directory / "group_vars" / "all" / "vault.yml").write_text(vaulted)
+    host = {"ansible_host": "{{ sandbox_address }}"}
+    document = {"all": {"vars": {"sandbox_login": "deploy"}, "children": {
+        "rabbitmq": {"hosts": {"prod-broker": dict(host)}},
+        "celery_workers": {"hosts": {
+            "prod-w1": {**host, "celery_worker_nodes": [{"name": "jobs", "queues": ["jobs", "celery"],
+                                                         "concurrency": 1}]},
+            "prod-w2": {**host, "celery_worker_nodes": [{"name": "jobs", "queues": ["jobs"], "concurrency": 1}]},
+        }},
+        "celery_beat": {"hosts": {"prod-w2": {}}},
+    }}}
+    INVENTORY.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def _forget_ssh_masters() -> None:
+    """Close Ansible's persistent SSH connections: a new connection checks the host key again."""
+    for socket in (Path.home() / ".ansible" / "cp").glob("*"):
+        socket.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """The production-like fleet, booted and deployed once for the module (KEEP_SANDBOX=1 keeps it)."""
+    _write_inventory()
+    make("sandbox-up", f"INVENTORY={INVENTORY}")
+    deployed = _deploy()
+    yield deployed
+    if os.environ.get("KEEP_SANDBOX") != "1":
+        make("sandbox-down", f"INVENTORY={INVENTORY}")
+        shutil.rmtree(INVENTORY.parent, ignore_errors=True)
+        VAULT_PASS.unlink(missing_ok=True)
+
+
+def _ansible(host: str, command: str, *extra: str) -> subprocess.CompletedProcess:
+    return _run(str(BIN / "ansible"), host, "-i", str(INVENTORY), "-m", "ansible.builtin.command", "-a", command,
+                *extra, timeout=120)
+
+
+def test_deploy_as_an_unprivileged_user_with_sudo_succeeds(fleet):
+    assert fleet.returncode == 0, fleet.stdout[-4000:] + fleet.stderr[-2000:]
+    assert set(recap(fleet.stdout)) == set(HOSTS)
+    whoami = _ansible("prod-w1", "whoami", "-e", "ansible_become=false")
+    assert whoami.returncode == 0 and "deploy" in whoami.stdout.split(), whoami.stdout + whoami.stderr
+    root = _run("ssh", "-i", str(ROOT / ".sandbox" / "ssh" / "id_ed25519"), "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=yes",
+                f"root@{_address('prod-w1')}", "true", timeout=60)
+    assert root.returncode != 0 and "Permission denied" in root.stderr
+
+
+def _address(host: str) -> str:
+    rows = json.loads(_run(str(BIN / "fleetctl"), "sandbox", "status", "--json").stdout)
+    return next(row["address"] for row in rows if row["host"] == host and row["inventory"].endswith(
+        str(INVENTORY.relative_to(ROOT))))
+
+
+def test_second_deploy_changes_nothing(fleet):
+    again = _deploy()
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert {host: counts["changed"] for host, counts in recap(again.stdout).items()} == dict.fromkeys(HOSTS, 0)
+
+
+def test_every_node_connects_with_a_vaulted_password_of_special_characters(fleet):
+    done = _fleetctl("health", "--format", "json")
+    report = json.loads(done.stdout)
+    rows = {row["name"]: row for row in report["rows"]}
+    assert done.returncode == 0, done.stdout + done.stderr
+    for node in NODES:
+        assert rows[node]["status"] == "OK", rows[node]
+    for text in (fleet.stdout, fleet.stderr, done.stdout, done.stderr):
+        assert PASSWORD not in text
+
+
+def test_the_password_stays_out_of_the_environment_file_as_written(fleet):
+    text = _ansible("prod-w1", "cat /etc/conf.d/celery", "-e", "ansible_become=true").stdout
+    url = re.search(r'^CELERY_BROKER_URL="(.*)"$', text, re.MULTILINE).group(1)
+    assert PASSWORD not in text and re.fullmatch(r"amqp://celery:[A-Za-z0-9%._~-]+@[0-9.]+:5672/celery", url)
+
+
+def test_broadcast_answers_from_every_node(fleet):
+    done = _fleetctl("broadcast", "--task", "host_report", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["ok"] and outcome["answered"] == len(NODES)
+
+
+def test_rolling_restart_goes_through_sudo(fleet):
+    done = _fleetctl("restart", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["ok"] and [host["host"] for host in outcome["hosts"]] == ["prod-w1", "prod-w2"]
+
+
+def test_the_roles_work_from_an_operators_own_playbook(fleet, tmp_path):
+    playbook = tmp_path / "workers.yml"
+    playbook.write_text((ROOT / "playbooks" / "examples" / "workers.yml").read_text())
+    done = _run(str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(playbook))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert {host: counts["changed"] for host, counts in recap(done.stdout).items()} == {"prod-w1": 0, "prod-w2": 0}
+
+
+def test_a_changed_host_key_is_refused_by_deploy_and_every_tool_naming_the_host(fleet):
+    address = _address("prod-w1")
+    original = KNOWN_HOSTS.read_text()
+    other = Path(BASE / "spoofed_key")
+    other.unlink(missing_ok=True)
+    other.with_suffix(".pub").unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    key = " ".join(other.with_suffix(".pub").read_text().split()[:2])
+    lines = [f"{address} {key}" if line.split(maxsplit=1)[0] == address else line for line in original.splitlines()]
+    try:
+        KNOWN_HOSTS.write_text("\n".join(lines) + "\n")
+        _forget_ssh_masters()
+        deployed = _deploy()
+        assert deployed.returncode != 0
+        assert re.search(r"prod-w1.*(UNREACHABLE|Host key verification failed)", deployed.stdout, re.DOTALL)
+        assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in deployed.stdout + deployed.stderr or \
+            "Host key verification failed" in deployed.stdout + deployed.stderr
+
+        health = _fleetctl("health", "--format", "json")
+        rows = {row["name"]: row for row in json.loads(health.stdout)["rows"]}
+        assert health.returncode == 1 and rows["prod-w1"]["status"] == "DOWN"
+        assert "does not match its known_hosts entry" in rows["prod-w1"]["reasons"][0]
+        assert rows["prod-w2"]["status"] in ("OK", "WARN")
+
+        restarted = _fleetctl("restart", "--limit", "prod-w1", "--format", "json")
+        outcome = json.loads(restarted.stdout)
+        assert restarted.returncode == 1 and outcome["stopped_at"] == ["prod-w1"]
+        assert "does not match its known_hosts entry" in outcome["hosts"][0]["reasons"][0]
+    finally:
+        KNOWN_HOSTS.write_text(original)
+        _forget_ssh_masters()
+        other.unlink(missing_ok=True)
+        other.with_suffix(".pub").unlink(missing_ok=True)
+    assert _fleetctl("health").returncode == 0  # the refused restart gave the host its queues back
