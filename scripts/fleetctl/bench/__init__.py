@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 def benches() -> dict[str, Callable[..., list[tuple[str, str]]]]:
     """Bench name -> function (imported on use: the benches pull in Celery and Fabric)."""
-    from fleetctl.bench.deploy import bench_broadcast, bench_deploy, bench_sandbox
+    from fleetctl.bench.deploy import bench_broadcast, bench_deploy, bench_rolling, bench_sandbox
     from fleetctl.bench.health import bench_health
     from fleetctl.bench.restart import bench_restart
     from fleetctl.bench.scale import bench_scale
 
     return {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast, "health": bench_health,
-            "restart": bench_restart, "scale": bench_scale}
+            "restart": bench_restart, "rolling": bench_rolling, "scale": bench_scale}
 
 
-NAMES = ("sandbox", "deploy", "broadcast", "health", "restart", "scale")
-DEFAULT = ("sandbox", "deploy", "broadcast", "health", "restart")  # scale boots 24 hosts: asked for by name
+NAMES = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "scale")
+DEFAULT = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling")  # scale boots 24 hosts: by name

@@ -83,3 +83,33 @@ def bench_broadcast(runs: int = 5) -> list[tuple[str, str]]:
         ("  command returns after the last answer", f"{statistics.median(tail) * 1000:.1f} ms (target <= 200 ms)"),
         ("  `make broadcast TASK=host_report` wall time", f"{wall:.2f} s (median of 3, incl. Python start-up)"),
     ]
+
+
+def bench_rolling(warm_runs: int = 3) -> list[tuple[str, str]]:
+    """A rolling config change of the 3-host sandbox (one node's concurrency on every worker host)."""
+    inventory = bench_inventory("roll3", 2)
+    down(inventory)
+    up(inventory)
+    env = f"INVENTORY={inventory}"
+    try:
+        timed(["make", "--no-print-directory", "deploy", env])
+        warm = statistics.median(timed(["make", "--no-print-directory", "deploy", env])[0] for _ in range(warm_runs))
+        rolled = []
+        for concurrency in (3, 2):
+            bench_inventory("roll3", 2, concurrency)
+            elapsed, output = timed(["make", "--no-print-directory", "deploy", env])
+            verify = [float(s) for s in re.findall(r"verified in ([0-9.]+) s", output)]
+            rolled.append((elapsed, verify))
+    finally:
+        down(inventory)
+    elapsed = statistics.median(t for t, _ in rolled)
+    verify = statistics.median(sum(v) / len(v) for _, v in rolled if v) if any(v for _, v in rolled) else 0.0
+    batches = max(len(v) for _, v in rolled)
+    target = 2 * warm + verify * batches
+    return [
+        (f"deploy, 3 hosts, warm re-deploy, median of {warm_runs}", f"{warm:.1f} s"),
+        ("rolling config change (2 worker hosts, 1 at a time), median of 2", f"{elapsed:.1f} s"),
+        ("  verify per batch (fleetctl restart)", f"{verify:.1f} s x {batches} batches"),
+        ("  target: 2 x warm re-deploy + verify per batch",
+         f"{target:.1f} s ({'met' if elapsed <= target else 'NOT met'})"),
+    ]

@@ -39,13 +39,15 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str
     return elapsed, proc.stdout
 
 
-def bench_inventory(name: str, workers: int) -> Path:
-    """A bench inventory: one broker, N workers, the last worker runs beat."""
+def bench_inventory(name: str, workers: int, concurrency: int | None = None) -> Path:
+    """A bench inventory: one broker, N workers, the last worker runs beat (nodes: concurrency when given)."""
     path = BENCH_DIR / name / "hosts.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["all:", "  children:", "    rabbitmq:", "      hosts:", f"        {name}-mq:",
              "    celery_workers:", "      hosts:"]
-    lines += [f"        {name}-w{i}:" for i in range(1, workers + 1)]
+    node = f"          celery_worker_nodes: [{{name: celery, queues: [celery], concurrency: {concurrency}}}]"
+    for i in range(1, workers + 1):
+        lines += [f"        {name}-w{i}:", *([node] if concurrency else [])]
     lines += ["    celery_beat:", "      hosts:", f"        {name}-w{workers}:", ""]
     path.write_text("\n".join(lines))
     return path
