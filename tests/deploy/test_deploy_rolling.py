@@ -92,6 +92,20 @@ def restored(deployed_fleet):
     assert back.returncode == 0, back.stdout[-3000:]
 
 
+def _main_pids() -> dict[str, str]:
+    units = {"worker1": ("calc", "reports"), "worker2": ("celery",)}
+    return {f"{node}@{name}": host(name).check_output(f"systemctl show -p MainPID --value celery@{node}.service")
+            for name, nodes in units.items() for node in nodes}
+
+
+def test_check_mode_of_a_config_change_restarts_nothing(deployed_fleet, tmp_path):
+    before = _main_pids()
+    checked = deploy(write_inventory(tmp_path, _changed_inventory()), check=True)
+    assert checked.returncode == 0, checked.stdout[-4000:]
+    assert recap(checked.stdout)["worker1"]["changed"] > 0  # it tells what would change
+    assert "batch 1:" not in checked.stdout and _main_pids() == before
+
+
 def test_config_change_rolls_host_by_host_and_the_queue_never_loses_its_consumers(restored, tmp_path):
     url = load_fleet(SANDBOX_INVENTORY).broker_url
     inventory = write_inventory(tmp_path, _changed_inventory())
