@@ -1,18 +1,25 @@
 """A bad inventory is rejected before any host changes, naming the host and the variable at fault.
 
 Each inventory of tests/inventories/bad-*/ is deployed with the sandbox hosts' connection variables
-(see write_inventory), so a deploy that got past preflight would really change the hosts.
+(see write_inventory), so a deploy that got past preflight would really change the hosts. Unusual but
+valid input passes preflight (run alone: no host is contacted).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import pytest
+import yaml
 
-from support.deploy import BAD_INVENTORIES, deploy, fingerprint, recap, write_inventory
+from support.deploy import BAD_INVENTORIES, ROOT, deploy, fingerprint, recap, write_inventory
 
 HOSTS = ["broker", "worker1", "worker2"]
+# How a name longer than 40 characters appears in a message (truncated).
+LONG_Q = '["' + "q" * 37 + '..."]'
+LONG_B = '["' + "b" * 37 + '..."]'
 
 # inventory -> what the failure must name (host, variable or group, offending value)
 EXPECTED = {
@@ -25,12 +32,28 @@ EXPECTED = {
     "bad-concurrency-zero": ["worker1: celery_worker_nodes: concurrency not a positive integer (1-9999) for node(s) "
                              "calc: 0"],
     "bad-concurrency-injection": ["fatal: [worker1]", "argument 'concurrency'", "celery_worker_nodes", "4; rm -rf /"],
-    "bad-queue-name": ['worker1: celery_worker_nodes: queue name(s) ["celery;reboot"] not valid'],
+    "bad-queue-name": ['worker1: celery_worker_nodes: queue name(s) ["celery;reboot"] not valid: character not '
+                       "allowed"],
+    "bad-queue-name-newline": ['worker1: celery_worker_nodes: queue name(s) ["reports\\n"] not valid: character not '
+                               "allowed"],
+    "bad-queue-name-leading-dash": ['worker1: celery_worker_nodes: queue name(s) ["-calc"] not valid: character not '
+                                    "allowed, or empty (letters, digits, '_', '.', ':', '-', not '-' first"],
+    "bad-queue-name-reserved": ['worker1: celery_worker_nodes: queue name(s) ["amq.jobs"] not valid: reserved prefix '
+                                "'amq.'"],
+    "bad-queue-name-too-long": [f"worker1: celery_worker_nodes: queue name(s) {LONG_Q} not valid: too long "
+                                "(RabbitMQ refuses queue and exchange names longer than 255 bytes"],
     "bad-node-name-slash": ['worker1: celery_worker_nodes: node name(s) ["../calc"] not valid'],
     "bad-node-name-space": ['worker1: celery_worker_nodes: node name(s) ["calc node"] not valid'],
     "bad-log-level": ["fatal: [worker2]", "celery_worker_log_level", "VERBOSE"],
     "bad-broadcast-queue": ['worker1: celery_broadcast_queues ["broadcast all"] must be a non-empty list of queue '
-                            'names'],
+                            'names', 'character not allowed, or empty: ["broadcast all"]'],
+    "bad-broadcast-queue-reserved": [f'{host}: celery_broadcast_queues: name(s) ["amq.maintenance"] not valid: '
+                                     "reserved prefix 'amq.'" for host in ("worker1", "worker2")],
+    "bad-broadcast-queue-too-long": [f"{host}: celery_broadcast_queues: name(s) {LONG_B} not valid: too long"
+                                     for host in ("worker1", "worker2")],
+    "bad-broadcast-node-queue-too-long": [f"{host}: celery_broadcast_queues: the node queue(s) "
+                                          f"<broadcast>.<node>@<host> {LONG_B} would be too long"
+                                          for host in ("worker1", "worker2")],
     "bad-broadcast-differs": ["celery_broadcast_queues differs between worker hosts",
                               'worker1: ["broadcast", "maintenance"]; worker2: ["broadcast"]'],
     "bad-proxy-url": ["broker: fleet_http_proxy must be empty or an http(s)://host:port URL", "Pipeline-Depth"],
@@ -47,7 +70,13 @@ EXPECTED = {
     "bad-stop-timeout": ["worker1: celery_worker_stop_timeout is no longer used"],
     "bad-rabbitmq-package": ['broker: rabbitmq_package must be a Debian package name; got "rabbitmq-server; curl'],
     "bad-worker-host-name": ['worker3$(reboot): inventory host name "worker3$(reboot)" not valid for a worker host'],
-    "bad-broker-address": ['mq: ansible_host "mq.example\\"; CELERY_APP=\\"evil" must be a host name or IPv4 address'],
+    "bad-broker-address": ['mq: ansible_host "mq.example\\"; CELERY_APP=\\"evil" must be an IPv4 address, an IPv6 '
+                           "address (no zone index) or a host name"],
+    "bad-ansible-host": ['worker3: ansible_host "10.0.0.300" must be an IPv4 address, an IPv6 address',
+                         'worker4: ansible_host "fd00::5::6" must be an IPv4 address, an IPv6 address'],
+    "bad-serial": [f'{host}: celery_worker_serial must be a positive integer (worker hosts at a time) or a percentage '
+                   'from 1% to 100% (of the worker hosts); got "150%"' for host in ("worker1", "worker2")],
+    "bad-serial-differs": ["celery_worker_serial differs between worker hosts (worker1: 1; worker2: 25%)"],
     "bad-ca-bundle-missing": ['broker: fleet_ca_bundle must name a file on the controller; '
                               '"/etc/ssl/no-such-bundle.pem"'],
     "bad-ca-bundle-dotdot": ["broker: fleet_ca_bundle must be a path without '..'",
@@ -83,3 +112,41 @@ def test_bad_inventory_is_rejected_before_any_host_changes(fleet_before, tmp_pat
     assert not re.search(r"^changed: \[", run.stdout, re.MULTILINE), run.stdout[-3000:]
     assert all(s["changed"] == 0 for s in recap(run.stdout).values())
     assert fingerprint(HOSTS) == fleet_before
+
+
+# Valid, if unusual: an IPv6 address on a worker host, queue names with dots and colons (a broadcast
+# queue too), a rolling batch size of one host. The addresses lead nowhere (documentation and unique
+# local ranges): preflight runs on the controller, and a host contacted would fail as unreachable.
+UNUSUAL = {"all": {"children": {
+    "rabbitmq": {"hosts": {"broker": {"ansible_host": "192.0.2.10"}}},
+    "celery_workers": {
+        "hosts": {
+            "worker1": {"ansible_host": "fd00::5", "celery_worker_nodes": [
+                {"name": "feed", "queues": ["feed.import", "jobs:high"], "concurrency": 2},
+                {"name": "calc.v2", "queues": ["calc.v2:priority", "celery"], "concurrency": 1}]},
+            "worker2": {"ansible_host": "worker2.sandbox.example"},
+        },
+        "vars": {"celery_broadcast_queues": ["fleet.broadcast", "ops:maintenance"], "celery_worker_serial": 1},
+    },
+    "celery_beat": {"hosts": {"worker2": {}}},
+}}}
+
+
+def test_unusual_but_valid_inventory_passes_preflight(tmp_path):
+    inventory = tmp_path / "unusual" / "hosts.yml"
+    inventory.parent.mkdir()
+    document = {**UNUSUAL, "all": {**UNUSUAL["all"], "vars": {
+        "fleet_broker_password_file": str(tmp_path / "secrets" / "rabbitmq-celery-password")}}}
+    inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    # The preflight play runs whatever the tags; --tags preflight leaves every task of the later plays out.
+    run = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), "playbooks/site.yml",
+                          "--tags", "preflight"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=600,
+                         env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"))
+
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "TASK [celery_worker : Worker variables of the host are valid]" in run.stdout
+    summary = recap(run.stdout)
+    assert set(summary) == {"broker", "worker1", "worker2"}
+    assert all(s["failed"] == 0 and s["unreachable"] == 0 for s in summary.values()), run.stdout[-3000:]
