@@ -42,80 +42,102 @@ class Settings:
     log_dir: Path
 
 
+class _EnvFileParser:
+    """systemd's EnvironmentFile grammar as a small state machine: one method per state, fed a character."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+        self.key, self.value, self.trailing_ws = "", "", 0
+
+    def parse(self, text: str) -> dict[str, str]:
+        state = self.pre_key
+        for char in text + "\n":
+            state = state(char)
+        return self.values
+
+    def _push(self) -> None:
+        name = self.key.rstrip()
+        if _KEY.match(name):
+            self.values[name] = self.value[: len(self.value) - self.trailing_ws] if self.trailing_ws else self.value
+
+    def pre_key(self, char: str):
+        if char in "#;":
+            return self.comment
+        if char.isspace():
+            return self.pre_key
+        self.key, self.value, self.trailing_ws = char, "", 0
+        return self.in_key
+
+    def in_key(self, char: str):
+        if char == "\n":
+            return self.pre_key  # a line without "=" is ignored, as systemd does
+        if char == "=":
+            return self.pre_value
+        self.key += char
+        return self.in_key
+
+    def pre_value(self, char: str):
+        if char == "\n":
+            self._push()
+            return self.pre_key
+        if char in "'\"\\":
+            return {"'": self.single, '"': self.double, "\\": self.value_escape}[char]
+        if char.isspace():
+            return self.pre_value
+        self.value, self.trailing_ws = self.value + char, 0
+        return self.in_value
+
+    def in_value(self, char: str):
+        if char == "\n":
+            self._push()
+            return self.pre_key
+        if char == "\\":
+            self.trailing_ws = 0
+            return self.value_escape
+        self.value += char
+        self.trailing_ws = self.trailing_ws + 1 if char.isspace() else 0
+        return self.in_value
+
+    def value_escape(self, char: str):
+        if char != "\n":  # backslash-newline continues the line
+            self.value += char
+        return self.in_value
+
+    def single(self, char: str):
+        if char == "'":
+            self.trailing_ws = 0
+            return self.pre_value
+        self.value += char
+        return self.single
+
+    def double(self, char: str):
+        if char == '"':
+            self.trailing_ws = 0
+            return self.pre_value
+        if char == "\\":
+            return self.double_escape
+        self.value += char
+        return self.double
+
+    def double_escape(self, char: str):
+        if char in _DOUBLE_QUOTE_ESCAPES:
+            self.value += char
+        elif char != "\n":
+            self.value += "\\" + char
+        return self.double
+
+    def comment(self, char: str):
+        if char == "\\":
+            return self.comment_escape
+        return self.pre_key if char == "\n" else self.comment
+
+    def comment_escape(self, char: str):
+        return self.comment
+
+
 def parse_env_file(text: str) -> dict[str, str]:
     """Parse systemd EnvironmentFile text (KEY=VALUE, quotes, escapes, #/; comments); bad lines are skipped."""
-    values: dict[str, str] = {}
-    state, key, value, trailing_ws = "pre_key", "", "", 0
-
-    def push() -> None:
-        name = key.rstrip()
-        if _KEY.match(name):
-            values[name] = value[: len(value) - trailing_ws] if trailing_ws else value
-
-    for char in text + "\n":
-        if state == "pre_key":
-            if char in "#;":
-                state = "comment"
-            elif not char.isspace():
-                state, key, value, trailing_ws = "key", char, "", 0
-        elif state == "key":
-            if char == "\n":
-                state = "pre_key"  # a line without "=" is ignored, as systemd does
-            elif char == "=":
-                state = "pre_value"
-            else:
-                key += char
-        elif state == "pre_value":
-            if char == "\n":
-                push()
-                state = "pre_key"
-            elif char == "'":
-                state = "single"
-            elif char == '"':
-                state = "double"
-            elif char == "\\":
-                state = "value_escape"
-            elif not char.isspace():
-                state, value, trailing_ws = "value", value + char, 0
-        elif state == "value":
-            if char == "\n":
-                push()
-                state = "pre_key"
-            elif char == "\\":
-                state, trailing_ws = "value_escape", 0
-            else:
-                value += char
-                trailing_ws = trailing_ws + 1 if char.isspace() else 0
-        elif state == "value_escape":
-            state = "value"
-            if char != "\n":  # backslash-newline continues the line
-                value += char
-        elif state == "single":
-            if char == "'":
-                state, trailing_ws = "pre_value", 0
-            else:
-                value += char
-        elif state == "double":
-            if char == '"':
-                state, trailing_ws = "pre_value", 0
-            elif char == "\\":
-                state = "double_escape"
-            else:
-                value += char
-        elif state == "double_escape":
-            state = "double"
-            if char in _DOUBLE_QUOTE_ESCAPES:
-                value += char
-            elif char != "\n":
-                value += "\\" + char
-        elif state == "comment":
-            if char == "\\":
-                state = "comment_escape"
-            elif char == "\n":
-                state = "pre_key"
-        elif state == "comment_escape":
-            state = "comment"
-    return values
+    return _EnvFileParser().parse(text)
 
 
 def read_env_file(path: str | os.PathLike) -> dict[str, str]:

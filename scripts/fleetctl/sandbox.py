@@ -562,55 +562,70 @@ def _ssh_ready(address: str) -> bool:
     return _port_open(address, 22, banner=b"SSH-")
 
 
+def _check_tools() -> None:
+    for tool in ("systemd-nspawn", "debootstrap", "tinyproxy", "ip", "ssh-keygen"):
+        if not shutil.which(tool):
+            raise SandboxError(f"{tool} not found: run `make setup` (installs the system packages)")
+
+
+def _retire_changed(old: Fleet | None, fleet: Fleet, inits: dict, nspawns: dict) -> None:
+    """Stop the hosts of the last run that left the inventory or whose address, machine, login or image changed."""
+    if old is None:
+        return
+    for name, h in old.hosts.items():
+        new = fleet.hosts.get(name)
+        if new is None or new != h or old.image != fleet.image:
+            _stop_host(old.fid, name, h.machine, inits, nspawns)
+            shutil.rmtree(fleet.directory / "hosts" / name, ignore_errors=True)
+            inits.pop((old.fid, name), None)
+
+
+def _boot_missing(fleet: Fleet, key: Path, inits: dict, nspawns: dict) -> list[HostState]:
+    """Boot every host of the fleet that is not running; the ones booted."""
+    started = []
+    for name, h in fleet.hosts.items():
+        if inits.get((fleet.fid, name)) and h.machine in nspawns:
+            continue
+        _stop_host(fleet.fid, name, h.machine, inits, nspawns)
+        _start_host(fleet, h, key)
+        started.append(h)
+    return started
+
+
+def _wait_for_ssh(fleet: Fleet) -> None:
+    with ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts))) as pool:
+        ready = dict(zip(fleet.hosts, pool.map(lambda h: _wait(lambda: _ssh_ready(h.address), SSH_READY_TIMEOUT, 0.1),
+                                                 fleet.hosts.values())))
+    late = [n for n, ok in ready.items() if not ok]
+    if late:
+        raise SandboxError(f"host(s) not reachable over SSH after {SSH_READY_TIMEOUT:.0f} s: {', '.join(late)}; "
+                           f"see {fleet.directory}/hosts/<name>/console.log")
+
+
 def up(inventory: Path, suite: str = "bookworm", log=_quiet) -> Fleet:
     """Bring every host of an inventory up (idempotent: running hosts are left as they are)."""
     if suite not in SUITES:
         raise SandboxError(f"suite {suite!r}: expected one of {', '.join(SUITES)}")
     logins = read_inventory(inventory)
     validate_hosts(inventory, list(logins))
-    for tool in ("systemd-nspawn", "debootstrap", "tinyproxy", "ip", "ssh-keygen"):
-        if not shutil.which(tool):
-            raise SandboxError(f"{tool} not found: run `make setup` (installs the system packages)")
+    _check_tools()
     image = ensure_image(suite, log)
     key = ssh_key()
     with _locked():
         fleet = plan_fleet(inventory, logins, suite, image)
-        old = next((f for f in load_fleets() if f.fid == fleet.fid), None)
-        inits = container_inits()
-        nspawns = nspawn_pids(f"sb{fleet.fid[:6]}-")
-        # Hosts no longer in the inventory, or whose address/machine/image changed, go away first.
-        if old:
-            for name, h in old.hosts.items():
-                new = fleet.hosts.get(name)
-                if new is None or new != h or old.image != fleet.image:
-                    _stop_host(old.fid, name, h.machine, inits, nspawns)
-                    shutil.rmtree(fleet.directory / "hosts" / name, ignore_errors=True)
-                    inits.pop((old.fid, name), None)
+        inits, nspawns = container_inits(), nspawn_pids(f"sb{fleet.fid[:6]}-")
+        _retire_changed(next((f for f in load_fleets() if f.fid == fleet.fid), None), fleet, inits, nspawns)
         _save(fleet)
         (fleet.directory / "hosts").mkdir(parents=True, exist_ok=True)
         # Bound into every host as /etc/hosts; rewritten in place (same inode) so running hosts see new peers.
         (fleet.directory / "etc-hosts").write_text(hosts_file(fleet))
         ensure_bridge(fleet)
         ensure_proxy(fleet)
-        started = []
-        for name, h in fleet.hosts.items():
-            pid1 = inits.get((fleet.fid, name))
-            if pid1 and h.machine in nspawns:
-                continue
-            _stop_host(fleet.fid, name, h.machine, inits, nspawns)
-            _start_host(fleet, h, key)
-            started.append(h)
+        started = _boot_missing(fleet, key, inits, nspawns)
     if started:
         log(f"Booting {len(started)} host(s): {', '.join(h.name for h in started)}; waiting for their SSH "
             f"(at most {SSH_READY_TIMEOUT:.0f} s)")
-    with ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts))) as pool:
-        ready = dict(zip(fleet.hosts, pool.map(lambda h: _wait(lambda: _ssh_ready(h.address),
-                                                                 SSH_READY_TIMEOUT, 0.1),
-                                                 fleet.hosts.values())))
-    late = [n for n, ok in ready.items() if not ok]
-    if late:
-        raise SandboxError(f"host(s) not reachable over SSH after {SSH_READY_TIMEOUT:.0f} s: {', '.join(late)}; "
-                           f"see {fleet.directory}/hosts/<name>/console.log")
+    _wait_for_ssh(fleet)
     return fleet
 
 
