@@ -7,7 +7,7 @@ import statistics
 import time
 
 from fleetctl import sandbox
-from fleetctl.bench.support import BenchError, bench_inventory, down, timed, up
+from fleetctl.bench.support import HOST_REPORT, BenchError, bench_inventory, down, timed, up
 
 
 def _changed(output: str) -> int:
@@ -64,7 +64,7 @@ def bench_broadcast(runs: int = 5) -> list[tuple[str, str]]:
     last, runtime, tail = [], [], []
     for _ in range(runs):
         started = time.monotonic()
-        outcome = broadcast.broadcast(app, fleet.broker_url, fleet.broadcast_queues[0], "host_report", [], {},
+        outcome = broadcast.broadcast(app, fleet.broker_url, fleet.broadcast_queues[0], HOST_REPORT, [], {},
                                       expected=fleet.node_names, timeout=10, expires=60)
         returned = time.monotonic() - started
         if not outcome.ok:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fleetctl import sandbox
-from fleetctl.bench.support import BenchError, bench_inventory, down, run, timed, up
+from fleetctl.bench.support import HOST_REPORT, BenchError, bench_inventory, down, run, timed, up
 from fleetctl.paths import VENV_BIN
 
 WARM_RUNS = 3
@@ -43,7 +43,7 @@ def _broadcast(inventory: Path) -> tuple[float, float, int]:
     fleet = load_fleet(inventory)
     slowest = []
     for _ in range(BROADCAST_RUNS):
-        outcome = broadcast(app, fleet.require_broker_url(inventory), fleet.broadcast_queues[0], "host_report", [],
+        outcome = broadcast(app, fleet.require_broker_url(inventory), fleet.broadcast_queues[0], HOST_REPORT, [],
                             {}, expected=fleet.node_names, timeout=30, expires=60)
         if not outcome.ok:
             raise BenchError(f"bench: broadcast incomplete: missing {outcome.missing}, failed {outcome.failed}")

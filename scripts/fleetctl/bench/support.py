@@ -13,6 +13,7 @@ from fleetctl.paths import ANSIBLE_CONFIG, REPO_ROOT, SANDBOX_INVENTORY, STATE_D
 ROOT = REPO_ROOT
 INVENTORY = SANDBOX_INVENTORY
 BENCH_DIR = STATE_DIR / "bench"
+HOST_REPORT = "celery_app.tasks.maintenance.host_report"  # a broadcast names its task in full
 
 
 class BenchError(FleetctlError):
