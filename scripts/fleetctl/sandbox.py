@@ -29,7 +29,8 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "
 
 NET_PREFIX = "10.77"  # fleet N gets 10.77.N.0/24; .1 is the bridge (and proxy), hosts from .2
 PROXY_PORT = 8888
-SSH_READY_TIMEOUT = 90.0
+SSH_READY_TIMEOUT = 90.0  # plus SSH_READY_PER_HOST for each host booting at once (they share the CPU)
+SSH_READY_PER_HOST = 5.0
 MIRROR = "http://deb.debian.org/debian"
 SUITES = ("bookworm", "trixie")
 # The image recipe: any change here (or in _customize_image) yields a new image hash.
@@ -592,13 +593,14 @@ def _boot_missing(fleet: Fleet, key: Path, inits: dict, nspawns: dict) -> list[H
     return started
 
 
-def _wait_for_ssh(fleet: Fleet) -> None:
+def _wait_for_ssh(fleet: Fleet, booting: int) -> None:
+    bound = SSH_READY_TIMEOUT + SSH_READY_PER_HOST * booting
     with ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts))) as pool:
-        ready = dict(zip(fleet.hosts, pool.map(lambda h: _wait(lambda: _ssh_ready(h.address), SSH_READY_TIMEOUT, 0.1),
+        ready = dict(zip(fleet.hosts, pool.map(lambda h: _wait(lambda: _ssh_ready(h.address), bound, 0.1),
                                                  fleet.hosts.values())))
     late = [n for n, ok in ready.items() if not ok]
     if late:
-        raise SandboxError(f"host(s) not reachable over SSH after {SSH_READY_TIMEOUT:.0f} s: {', '.join(late)}; "
+        raise SandboxError(f"host(s) not reachable over SSH after {bound:.0f} s: {', '.join(late)}; "
                            f"see {fleet.directory}/hosts/<name>/console.log")
 
 
@@ -624,8 +626,8 @@ def up(inventory: Path, suite: str = "bookworm", log=_quiet) -> Fleet:
         started = _boot_missing(fleet, key, inits, nspawns)
     if started:
         log(f"Booting {len(started)} host(s): {', '.join(h.name for h in started)}; waiting for their SSH "
-            f"(at most {SSH_READY_TIMEOUT:.0f} s)")
-    _wait_for_ssh(fleet)
+            f"(at most {SSH_READY_TIMEOUT + SSH_READY_PER_HOST * len(started):.0f} s)")
+    _wait_for_ssh(fleet, len(started))
     return fleet
 
 
