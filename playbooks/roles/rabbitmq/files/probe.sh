@@ -1,7 +1,9 @@
 # What the rabbitmq role manages on the broker, in one read-only pass (tasks/probe.yml): the tasks
 # that would find everything in place are skipped (rabbitmqctl-based modules are slow).
-# Environment: PACKAGES VHOST USER_NAME COOKIE. Standard input: the password of USER_NAME (never on a
-# command line or in the environment). Arguments: PATH...
+# Environment: PACKAGES VHOST USER_NAME COOKIE CTL_TIMEOUT. Standard input: the password of USER_NAME
+# (never on a command line or in the environment). Arguments: PATH... Needs ctl (files/rabbitmqctl.sh).
+# Bounds: each rabbitmqctl run CTL_TIMEOUT s (a broker that does not answer in time fails the probe, exit
+# 124, naming the command); systemctl by its D-Bus call timeout (25 s); the rest reads local files.
 # Output, one item a line:
 #   package <name> <dpkg status>                "install ok installed" when installed
 #   path <path> <owner:group:mode> <sha1|->     or "path <path> absent"; "-" for a directory
@@ -30,8 +32,9 @@ if [ -f "$COOKIE" ]; then echo "cookie $COOKIE $(stat -c %U:%G:%a "$COOKIE")"; f
 command -v rabbitmqctl >/dev/null || exit 0
 # Vhosts, users and the user's permissions in one rabbitmqctl run: each run starts an Erlang VM
 # (about a second of CPU), the longest part of a re-deploy's broker probe. USER_NAME is the role's
-# fixed user name (letters only), safe inside the Erlang string.
-rabbitmqctl -q eval "
+# fixed user name (letters only), safe inside the Erlang string. A broker that is not running answers
+# nothing (every task then runs); one that does not answer in time fails the probe.
+listing=$(ctl -q eval "
   [io:format(\"vhost ~s~n\", [V]) || V <- rabbit_vhost:list_names()],
   [io:format(\"user ~s ~p~n\", [proplists:get_value(user, U), proplists:get_value(tags, U)])
    || U <- rabbit_auth_backend_internal:list_users()],
@@ -40,9 +43,14 @@ rabbitmqctl -q eval "
                     || P <- Permissions]
   catch _:_ -> ok
   end,
-  done." 2>/dev/null | grep -v '^done$'
-# The password goes on standard input (printf is a shell builtin): never on a command line.
-if printf '%s\n' "$USER_PASSWORD" | rabbitmqctl -q authenticate_user "$USER_NAME" >/dev/null 2>&1; then
-  echo "password ok"
-fi
+  done." 2>/dev/null)
+[ $? -ne 124 ] || exit 124
+printf '%s\n' "$listing" | grep -v -e '^done$' -e '^$'
+# The password goes on standard input (printf is a shell builtin): never on a command line. Exactly
+# the command and the user name, no -q (see files/rabbitmqctl.sh); the CLI's own output is dropped.
+printf '%s\n' "$USER_PASSWORD" | ctl authenticate_user "$USER_NAME" >/dev/null 2>&1
+case $? in
+  0) echo "password ok" ;;
+  124) exit 124 ;;
+esac
 exit 0
