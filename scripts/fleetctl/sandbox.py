@@ -563,6 +563,18 @@ def _ssh_ready(address: str) -> bool:
     return _port_open(address, 22, banner=b"SSH-")
 
 
+# Every booted host's systemd takes inotify instances of the machine's (root's) budget; Debian's 128
+# runs out at about twenty hosts ("Too many open files" at boot). Raised, never lowered.
+INOTIFY_LIMITS = {"/proc/sys/fs/inotify/max_user_instances": 8192, "/proc/sys/fs/inotify/max_user_watches": 524288}
+
+
+def _raise_inotify_limits() -> None:
+    for path, wanted in INOTIFY_LIMITS.items():
+        with contextlib.suppress(OSError, ValueError):
+            if int(Path(path).read_text()) < wanted:
+                Path(path).write_text(f"{wanted}\n")
+
+
 def _check_tools() -> None:
     for tool in ("systemd-nspawn", "debootstrap", "tinyproxy", "ip", "ssh-keygen"):
         if not shutil.which(tool):
@@ -611,6 +623,7 @@ def up(inventory: Path, suite: str = "bookworm", log=_quiet) -> Fleet:
     logins = read_inventory(inventory)
     validate_hosts(inventory, list(logins))
     _check_tools()
+    _raise_inotify_limits()
     image = ensure_image(suite, log)
     key = ssh_key()
     with _locked():
