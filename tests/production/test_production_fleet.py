@@ -184,7 +184,7 @@ def test_a_changed_host_key_is_refused_by_deploy_and_every_tool_naming_the_host(
         rows = {row["name"]: row for row in json.loads(health.stdout)["rows"]}
         assert health.returncode == 1 and rows["prod-w1"]["status"] == "DOWN"
         assert "does not match its known_hosts entry" in rows["prod-w1"]["reasons"][0]
-        assert rows["prod-w2"]["status"] in ("OK", "WARN")
+        assert rows["prod-w2"]["status"] != "DOWN"  # still reached (its load or heartbeat may be judged)
 
         restarted = _fleetctl("restart", "--limit", "prod-w1", "--format", "json")
         outcome = json.loads(restarted.stdout)
