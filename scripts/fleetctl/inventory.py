@@ -399,9 +399,8 @@ def _ansible_view(inventory: Path, timeout: float, limit: str | None = None, sec
         raise FleetError(f"reading the inventory printed no JSON: {exc}") from None
 
 
-def limit_hosts(inventory: str | os.PathLike, pattern: str) -> tuple[str, ...]:
-    """The inventory's hosts an Ansible host pattern (``--limit``) selects; FleetError when it selects none."""
-    data = run_ansible_inventory(inventory, limit=pattern)
+def _selected(data: Mapping[str, Any], inventory: str | os.PathLike, pattern: str) -> tuple[str, ...]:
+    """The hosts a ``--limit`` pattern selected in a listing; FleetError when it selected none."""
     names = tuple((data.get("_meta") or {}).get("selected") or ())
     if not names:
         raise InventoryNotFound(f"{inventory}: --limit {pattern!r} matches no host")
@@ -414,8 +413,9 @@ def load_fleet(
 ) -> Fleet:
     """The Fleet of inventory, with its broker URL (CELERY_BROKER_URL overrides the secrets file)."""
     environ = os.environ if environ is None else environ
-    fleet = parse_inventory(run_ansible_inventory(inventory))
-    fleet = fleet.limited(limit_hosts(inventory, limit) if limit else None)
+    # One listing: with a limit it is the whole inventory too, plus the hosts the limit selects.
+    data = run_ansible_inventory(inventory, limit=limit)
+    fleet = parse_inventory(data).limited(_selected(data, inventory, limit) if limit else None)
     url = environ.get("CELERY_BROKER_URL") or None
     if url is None and fleet.broker_address:
         password = fleet_password(fleet, inventory, secrets_root)
