@@ -20,6 +20,7 @@ import yaml
 from fleetctl import inventory as fleet_model
 from fleetctl import restart
 from fleetctl.cli.restart import describe_finding
+from support.fleet import wait_active
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
@@ -129,16 +130,6 @@ def _wait_records(fleet, ledger: str, ids: list[str], within: float) -> Counter:
         time.sleep(3)
 
 
-def _wait_active(app, node: str, task_id: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        active = (app.control.inspect(destination=[node], timeout=1, limit=1).active() or {}).get(node) or []
-        if any(task["id"] == task_id for task in active):
-            return
-        assert time.monotonic() < deadline, f"{task_id} never started on {node}"
-        time.sleep(0.3)
-
-
 def _queue_depth(fleet, queue: str) -> int:
     out = fleet.host("broker").check_output("rabbitmqctl -q -p celery list_queues name messages_ready "
                                             "--no-table-headers")
@@ -170,7 +161,7 @@ def test_killed_node_answers_ping_again_within_30_seconds(fleet, app):
 def test_task_running_on_a_killed_node_is_delivered_again(fleet, app, ledger):
     worker1 = fleet.host("worker1")
     [task_id] = _send(app, ledger, "reports", 1, 6)
-    _wait_active(app, "reports@worker1", task_id)
+    wait_active(app, "reports@worker1", task_id)
     worker1.run(f"kill -9 {_main_pid(worker1, 'reports@worker1')}")
     assert _records(fleet, ledger)[task_id] == 0  # its pool process died with the node
     assert _wait_records(fleet, ledger, [task_id], SETTLE)[task_id] == 1
@@ -180,7 +171,7 @@ def test_task_running_on_a_killed_node_is_delivered_again(fleet, app, ledger):
 def test_stop_lets_running_tasks_finish_keeps_the_rest_queued_and_leaves_no_process(fleet, app, ledger):
     worker1 = fleet.host("worker1")
     ids = _send(app, ledger, "reports", 4, 3)
-    _wait_active(app, "reports@worker1", ids[0])
+    wait_active(app, "reports@worker1", ids[0])
     try:
         assert worker1.run("systemctl stop celery").rc == 0
         assert _records(fleet, ledger) == Counter({ids[0]: 1})  # finished before the stop returned

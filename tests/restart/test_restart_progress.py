@@ -12,6 +12,7 @@ import pytest
 
 from fleetctl.inventory import load_fleet
 from fleetctl.restart import answered_with_queues
+from support.fleet import wait_active
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
@@ -53,16 +54,6 @@ def _whole_within(fleet, app, within: float = 60) -> bool:
     return False
 
 
-def _wait_active(app, node: str, task_id: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        active = (app.control.inspect(destination=[node], timeout=1, limit=1).active() or {}).get(node) or []
-        if any(task["id"] == task_id for task in active):
-            return
-        assert time.monotonic() < deadline, f"{task_id} never started on {node}"
-        time.sleep(0.3)
-
-
 def test_restart_streams_drain_restart_and_verify_of_each_host_in_order_before_the_result(fleet, app):
     proc = _restart()
     out, err = proc.communicate(timeout=GUARD)
@@ -86,7 +77,7 @@ def test_ctrl_c_during_the_first_drain_gives_its_queues_back_and_exits_130(fleet
     queue = first.nodes[0].queues[0]  # consumed on the first host only: the drain waits for this task
     task_id = f"{ledger}-0"
     app.send_task(RECORD, args=(ledger, 20), queue=queue, task_id=task_id, ignore_result=True)
-    _wait_active(app, first.nodes[0].full_name, task_id)
+    wait_active(app, first.nodes[0].full_name, task_id)
     proc = _restart("--drain-timeout", "120")
     seen = []
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,3 +52,14 @@ class Fleet:
     def hosts(self) -> dict[str, dict]:
         rel = os.path.relpath(self.inventory, ROOT)
         return {row["host"]: row for row in sandbox_status() if row["inventory"] == rel}
+
+
+def wait_active(app, node: str, task_id: str, within: float = 30) -> None:
+    """Wait (a guard, not a speed bound) until node runs the task task_id."""
+    deadline = time.monotonic() + within
+    while True:
+        active = (app.control.inspect(destination=[node], timeout=1, limit=1).active() or {}).get(node) or []
+        if any(task["id"] == task_id for task in active):
+            return
+        assert time.monotonic() < deadline, f"{task_id} never started on {node}"
+        time.sleep(0.3)
