@@ -9,8 +9,16 @@ from celery_app.settings import load_settings as _load_settings
 _settings = _load_settings()
 
 
-def _queue(name):
-    return _Queue(name, _Exchange(name), routing_key=name)
+def _queue(name, options=None):
+    """Queue name bound to its exchange: by default a direct exchange of the same name and key.
+
+    options (CELERY_QUEUE_OPTIONS, from the inventory): exchange, exchange_type, routing_key, and
+    max_priority (the queue argument x-max-priority: RabbitMQ then delivers higher priorities first).
+    """
+    options = options or {}
+    exchange = _Exchange(str(options.get("exchange") or name), type=str(options.get("exchange_type") or "direct"))
+    arguments = {"x-max-priority": int(options["max_priority"])} if options.get("max_priority") else None
+    return _Queue(name, exchange, routing_key=str(options.get("routing_key") or name), queue_arguments=arguments)
 
 
 broker_url = _settings.broker_url
@@ -18,6 +26,8 @@ broker_url = _settings.broker_url
 # CAs), and the client certificate is presented when CELERY_BROKER_CERT_FILE is set.
 broker_use_ssl = _broker_tls_options(_settings)
 result_backend = _settings.result_backend
+# Seconds a result is kept (Redis: the TTL of its key); CELERY_RESULT_EXPIRES, celery_worker_result_expires.
+result_expires = _settings.result_expires
 include = [
     "celery_app.tasks.examples",
     "celery_app.tasks.heartbeat",
@@ -51,10 +61,13 @@ broker_connection_retry_on_startup = True
 # inventory (-Q) are created the same way. Broadcast queues: see celery_app/broadcast.py.
 fleet_broadcast_queues = list(_settings.broadcast_queues)
 task_default_queue = "celery"
+# Queues with options (CELERY_QUEUE_OPTIONS: max_priority, a topic exchange...) are declared as given,
+# here as on every node, so that publisher and consumer declare them alike.
+fleet_queue_options = dict(_settings.queue_options)
 task_queues = [
-    _queue("celery"),
-    _queue("calc"),
-    _queue("reports"),
+    *(_queue(name, fleet_queue_options.get(name)) for name in ("celery", "calc", "reports")),
+    *(_queue(name, options) for name, options in fleet_queue_options.items()
+      if name not in ("celery", "calc", "reports") and name not in fleet_broadcast_queues),
     *(_broadcast_queue(name) for name in fleet_broadcast_queues),
 ]
 task_routes = {

@@ -1,6 +1,7 @@
 """Fleet settings from the environment, falling back to the systemd env file /etc/conf.d/celery."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import ssl
@@ -17,6 +18,8 @@ DEFAULTS: Mapping[str, str] = {
     "CELERY_BROKER_CERT_FILE": "",
     "CELERY_BROKER_KEY_FILE": "",
     "CELERY_RESULT_BACKEND": "rpc://",
+    "CELERY_RESULT_EXPIRES": "86400",
+    "CELERY_QUEUE_OPTIONS": "{}",
     "CELERY_BROADCAST_QUEUES": "broadcast",
     "CELERY_STATE_DIR": "/var/lib/celery",
     "CELERY_HEARTBEAT_FILE": "/var/lib/celery/heartbeat",
@@ -33,6 +36,8 @@ class Settings:
 
     broker_url: str
     result_backend: str
+    result_expires: int
+    queue_options: Mapping[str, Mapping[str, object]]
     broker_ca_file: str
     broker_cert_file: str
     broker_key_file: str
@@ -153,6 +158,25 @@ def split_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def _seconds(text: str, default: str) -> int:
+    """A positive whole number of seconds; default for anything else."""
+    return int(text) if text.isdigit() and int(text) > 0 else int(default)
+
+
+def queue_options(text: str) -> dict[str, dict[str, object]]:
+    """name -> options (max_priority, exchange, exchange_type, routing_key) from CELERY_QUEUE_OPTIONS JSON.
+
+    Anything that is not a JSON object of objects yields no options (the queues then are plain ones).
+    """
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(name): dict(options) for name, options in value.items() if isinstance(options, dict)}
+
+
 def settings_from(environ: Mapping[str, str], file_values: Mapping[str, str]) -> Settings:
     """Settings from the environment first, then the env file's values, then DEFAULTS."""
 
@@ -165,6 +189,8 @@ def settings_from(environ: Mapping[str, str], file_values: Mapping[str, str]) ->
     return Settings(
         broker_url=get("CELERY_BROKER_URL"),
         result_backend=get("CELERY_RESULT_BACKEND"),
+        result_expires=_seconds(get("CELERY_RESULT_EXPIRES"), DEFAULTS["CELERY_RESULT_EXPIRES"]),
+        queue_options=queue_options(get("CELERY_QUEUE_OPTIONS")),
         broker_ca_file=get("CELERY_BROKER_CA_FILE"),
         broker_cert_file=get("CELERY_BROKER_CERT_FILE"),
         broker_key_file=get("CELERY_BROKER_KEY_FILE"),

@@ -32,6 +32,7 @@ BROKER_PORT = 5672
 DEFAULT_NODE = {"name": "celery", "queues": ["celery"], "concurrency": 2}
 DEFAULT_BROADCAST_QUEUES = ("broadcast",)
 WORKERS_GROUP, BEAT_GROUP, BROKER_GROUP = "celery_workers", "celery_beat", "rabbitmq"
+REDIS_GROUP = "redis"  # optional: the Redis result backend
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<tail>@)", re.IGNORECASE)
 _UNSAFE = "__ansible_unsafe"
 
@@ -110,6 +111,7 @@ class Fleet:
     # Where the deploy takes the broker password: "secrets" (.secrets/<inventory dir>/), "inventory"
     # (fleet_broker_password, e.g. from ansible-vault) or "file:<path>" (fleet_broker_password_file).
     password_source: str = "secrets"
+    redis_host: str | None = None  # the result backend's host (group redis), if any
 
     def limited(self, names: Iterable[str] | None) -> Fleet:
         """The same fleet with only names worked on (health, restart, broadcast); None: every host."""
@@ -203,6 +205,8 @@ def _nodes(host: str, hostvars: Mapping[str, Any]) -> tuple[Node, ...]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
             raise FleetError(f"{host}: every celery_worker_nodes entry needs a name")
         queues = entry.get("queues", DEFAULT_NODE["queues"])
+        if isinstance(queues, list):  # an entry is a name or {name: ..., max_priority: ...} (queue options)
+            queues = [q.get("name") if isinstance(q, dict) else q for q in queues]
         concurrency = entry.get("concurrency", DEFAULT_NODE["concurrency"])
         if not isinstance(queues, list) or not queues or not all(isinstance(q, str) and q for q in queues):
             raise FleetError(f"{host}: celery_worker_nodes {entry['name']}: queues must be a non-empty list of names")
@@ -301,6 +305,7 @@ def parse_inventory(data: Mapping[str, Any]) -> Fleet:
         broker_host=brokers[0] if brokers else None,
         broadcast_queues=_broadcast_queues(workers, hostvars),
         password_source=source,
+        redis_host=(members.get(REDIS_GROUP) or [None])[0],
     )
 
 

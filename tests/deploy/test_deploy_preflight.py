@@ -64,6 +64,11 @@ EXPECTED = {
                         "0 < soft < hard < 1800"],
     "bad-two-brokers": ["inventory group rabbitmq must hold exactly one host; it holds 2: broker, worker1"],
     "bad-no-nodes": ["worker1: celery_worker_nodes is empty"],
+    "bad-queue-options-differ": ['queue urgent has options {"max_priority": 10} on node celery@worker1 but '
+                                 '{"max_priority": 5} on node celery@worker2'],
+    "bad-queue-option-unknown": ["worker1: celery_worker_nodes: node celery: queue urgent: unknown key 'priority'",
+                                 "queue feeds: exchange_type must be one of direct, topic, fanout, not 'headers'"],
+    "bad-two-redis": ["inventory group redis may hold at most one host", "it holds 2: broker, worker2"],
     "bad-node-name-celerybeat": ['worker1: celery_worker_nodes: node name(s) ["celerybeat"] not valid'],
     "bad-broadcast-node-queue": ['worker1: celery_worker_nodes lists broadcast queue(s) ["broadcast"] among a '
                                  'node\'s own'],

@@ -137,6 +137,70 @@ def heartbeat(env):
         return {"path": path, "age": None, "node": None}
 
 
+def _resp(text):
+    """A RESP command (array of bulk strings) for the words of text."""
+    words = [w.encode() for w in text]
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+def _reply(handle):
+    """One RESP reply: a str for +/-/: lines and bulk strings (None for a null bulk)."""
+    line = handle.readline().rstrip(b"\r\n")
+    if not line:
+        raise OSError("connection closed")
+    kind, rest = line[:1], line[1:].decode("utf-8", "replace")
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else handle.read(size + 2)[:-2].decode("utf-8", "replace")
+    if kind == b"-":
+        return "ERR:" + rest
+    return rest
+
+
+def redis_backend(env, timeout=3.0):
+    """The result backend of CELERY_RESULT_BACKEND when it is redis://: reachable, authenticated, memory.
+
+    None for any other backend. The password never leaves this function (nor this host's env file).
+    """
+    url = env.get("CELERY_RESULT_BACKEND") or ""
+    match = re.match(r"redis://(?:([^:@/]*)(?::([^@/]*))?@)?(\[[^]]+\]|[^:/]+)(?::(\d+))?", url)
+    if not match:
+        return None
+    try:
+        from urllib.parse import unquote
+    except ImportError:  # pragma: no cover
+        unquote = str
+    user, password = unquote(match.group(1) or ""), unquote(match.group(2) or "")
+    host, port = match.group(3).strip("[]"), int(match.group(4) or 6379)
+    found = {"host": host, "port": port, "reachable": False, "authenticated": False,
+             "used_memory": None, "maxmemory": None, "error": None}
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            found["reachable"] = True
+            handle = sock.makefile("rb")
+            if password:
+                sock.sendall(_resp(["AUTH", user, password] if user else ["AUTH", password]))
+                answer = _reply(handle)
+                if answer != "OK":
+                    found["error"] = (answer or "")[:120]
+                    return found
+            sock.sendall(_resp(["PING"]))
+            answer = _reply(handle)
+            if answer != "PONG":
+                found["error"] = (answer or "")[:120]
+                return found
+            found["authenticated"] = True
+            sock.sendall(_resp(["INFO", "memory"]))
+            info = _reply(handle) or ""
+            for line in info.splitlines():
+                key, _, value = line.partition(":")
+                if key in ("used_memory", "maxmemory") and value.strip().isdigit():
+                    found[key] = int(value.strip())
+    except (OSError, ValueError) as exc:
+        found["error"] = type(exc).__name__ + ": " + str(exc)[:120]
+    return found
+
+
 def memory_percent():
     if psutil is not None:
         return psutil.virtual_memory().percent
@@ -168,6 +232,7 @@ def main():
         "load_per_cpu": round(os.getloadavg()[1] / cpus, 2), "memory_percent": memory_percent(),
         "disk_percent": {path: disk_percent(path) for path in DISKS},
         "units": units(), "heartbeat": heartbeat(env), "workers": workers(hostname), "pidfiles": pidfiles(env),
+        "result_backend": redis_backend(env),
     }))
 
 

@@ -47,6 +47,13 @@ def _drift(p: Mapping[str, Any]) -> str:
     return "queue drift: " + "; ".join(parts)
 
 
+def _backend_memory(p: Mapping[str, Any]) -> str:
+    used = f"{p['used_memory'] / 2**20:.1f} MiB" if p.get("used_memory") is not None else "unknown"
+    limit = (f" of maxmemory {p['maxmemory'] / 2**20:.0f} MiB ({p['percent']:g} %)" if p.get("maxmemory")
+             else " (no maxmemory)")
+    return f"result backend Redis on {p['redis_host']}: {used}{limit}"
+
+
 def _unexpected(p: Mapping[str, Any]) -> str:
     where = f"the inventory puts it on {p['owner']}" if p.get("owner") else "not in the inventory"
     return f"unexpected node: {where} (pid {', '.join(map(str, p['pids']))})"
@@ -65,6 +72,12 @@ WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "heartbeat_late_starting": lambda p: f"last heartbeat {p['age']:.0f} s ago (beat up {p['beat_up_for']:.0f} s)",
     "heartbeat_stale": lambda p: f"last heartbeat {p['age']:.0f} s ago (limit {p['limit']:.0f} s)",
     "metrics": lambda p: _metrics(p["metrics"]),
+    "result_backend_unreachable": lambda p: (f"result backend Redis on {p['redis_host']} ({p['address']}:{p['port']}) "
+                                             f"unreachable: {p['error']}"),
+    "result_backend_refused": lambda p: (f"result backend Redis on {p['redis_host']} refused the fleet user: "
+                                         f"{p['error']}"),
+    "result_backend": lambda p: _backend_memory(p),
+    "result_backend_memory": lambda p: _backend_memory(p),
     "metric_over": lambda p: (f"{_metric(p['metric'], p['path'], p['value'])} "
                               f"(>= {_metric(p['metric'], None, p['limit']).split(' ', 1)[1]})"),
     "node_unchecked": lambda p: "not checked: broker unreachable",

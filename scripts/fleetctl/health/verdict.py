@@ -141,6 +141,24 @@ def _metric_findings(metrics: Mapping[str, Any], thresholds: Thresholds) -> list
     return findings
 
 
+def result_backend_findings(backend: Mapping[str, Any] | None, redis_host: str | None,
+                            thresholds: Thresholds) -> list[Finding]:
+    """Findings on the Redis result backend as one worker host sees it (none for rpc://)."""
+    if not backend:
+        return []
+    params = {"redis_host": redis_host or backend.get("host"), "address": backend.get("host"),
+              "port": backend.get("port"), "error": backend.get("error")}
+    if not backend.get("reachable"):
+        return [Finding(FAIL, "result_backend_unreachable", params)]
+    if not backend.get("authenticated"):
+        return [Finding(FAIL, "result_backend_refused", params)]
+    used, limit = backend.get("used_memory"), backend.get("maxmemory")
+    percent = round(100.0 * used / limit, 1) if used is not None and limit else None
+    params = {**params, "used_memory": used, "maxmemory": limit, "percent": percent}
+    status = grade(percent, *thresholds.memory)
+    return [Finding(status, "result_backend" if status == OK else "result_backend_memory", params)]
+
+
 def host_row(host: Host, probe: Probe, fleet: Fleet, view: CeleryView, thresholds: Thresholds,
              heartbeat: Finding | None) -> Row:
     """The verdict on one host: reachable, its role's units active, beat and heartbeat, metrics."""
@@ -155,6 +173,8 @@ def host_row(host: Host, probe: Probe, fleet: Fleet, view: CeleryView, threshold
     findings += _unit_findings(host, probe.data, fleet.beat_host)
     if host.is_beat and heartbeat is not None:
         findings.append(heartbeat)
+    if host.nodes:
+        findings += result_backend_findings(probe.data.get("result_backend"), fleet.redis_host, thresholds)
     metrics = host_metrics(probe.data)
     findings += _metric_findings(metrics, thresholds)
     return Row(HOST, host.name, host.name, worst(f.status for f in findings), _facts_last(findings), metrics)
