@@ -2,7 +2,7 @@
 # Deploy the fleet of an inventory: `make deploy [INVENTORY=path] [LIMIT=hosts] [CHECK=1] [ANSIBLE_ARGS=...]`.
 # With the sandbox inventory (the default) the sandbox hosts are brought up first (that needs root);
 # any other inventory deploys as whoever runs it. ANSIBLE_ARGS goes to ansible-playbook as it is
-# (split on spaces): --tags, -e, -v, --ask-vault-pass, --vault-password-file...
+# (split as a shell would): --tags, -e, -v, --ask-vault-pass, --vault-password-file...
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -16,23 +16,18 @@ if [ ! -e "$inventory" ]; then
   exit 2
 fi
 
-args=(-i "$inventory")
+args=(--inventory "$inventory")
 if [ -n "${LIMIT:-}" ]; then
   args+=(--limit "$LIMIT")
 fi
 case "${CHECK:-}" in
   "" | 0 | no | false) ;;
-  *) args+=(--check --diff) ;;
+  *) args+=(--check) ;;
 esac
-
-if [ -n "${ANSIBLE_ARGS:-}" ]; then
-  read -r -a extra <<< "$ANSIBLE_ARGS"
-  args+=("${extra[@]}")
-fi
 
 if [ "$(realpath "$inventory")" = "$(realpath "$sandbox_inventory")" ]; then
   scripts/system-packages.sh sandbox
-  "$venv/bin/fleetctl" sandbox up "$inventory"
 fi
 
-exec "$venv/bin/ansible-playbook" "${args[@]}" playbooks/site.yml
+# fleetctl deploy boots the sandbox's hosts (sandbox inventory only) and runs ansible-playbook.
+exec "$venv/bin/fleetctl" deploy "${args[@]}" --ansible-args "${ANSIBLE_ARGS:-}"

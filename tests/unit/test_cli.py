@@ -12,13 +12,14 @@ import pytest
 from fleetctl.cli import VERBS, main, parser
 from fleetctl.cli.common import Output
 from fleetctl.cli.restart import event_json, event_text
+from fleetctl.deploy import PLAYBOOK, playbook_command, playbook_environment, split_extra
 from fleetctl.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_UNAVAILABLE, EXIT_USAGE
 from fleetctl.paths import SANDBOX_INVENTORY, default_inventory
 from fleetctl.restart import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
-HELP = [["--help"], *[[verb, "--help"] for verb in ("health", "status", "broadcast", "restart", "bench")],
+HELP = [["--help"], *[[verb, "--help"] for verb in ("deploy", "health", "status", "broadcast", "restart", "bench")],
         ["sandbox", "--help"], ["sandbox", "up", "--help"], ["sandbox", "down", "--help"],
         ["sandbox", "status", "--help"]]
 
@@ -52,9 +53,9 @@ def test_python_m_fleetctl_is_the_same_command():
 
 def test_every_verb_is_listed_in_the_top_level_help():
     text = parser().format_help()
-    for verb in ("health", "status", "broadcast", "restart", "sandbox", "bench"):
+    for verb in ("deploy", "health", "status", "broadcast", "restart", "sandbox", "bench"):
         assert f"\n    {verb}" in text
-    assert len(VERBS) == 5
+    assert len(VERBS) == 6
 
 
 def test_the_exit_code_table_is_shared_by_every_verb():
@@ -78,6 +79,27 @@ def test_bad_broadcast_task_and_arguments_are_refused_before_the_inventory_is_re
     assert code == EXIT_USAGE and "unknown maintenance task 'no_such_task'" in err
     code, _, err = _main(["broadcast", "--inventory", "/nonexistent", "--task", "disk_check", "--args", "[1, 2, 3, 4]"])
     assert code == EXIT_USAGE and "ARGS do not fit" in err
+
+
+def test_deploy_of_a_missing_inventory_or_unbalanced_quotes_is_a_usage_error(tmp_path):
+    code, _, err = _main(["deploy", "--inventory", str(tmp_path / "none.yml")])
+    assert code == EXIT_USAGE and "none.yml: no such file" in err
+    (tmp_path / "hosts.yml").write_text("all: {}\n")
+    code, _, err = _main(["deploy", "--inventory", str(tmp_path / "hosts.yml"), "--ansible-args", "-e 'a=1"])
+    assert code == EXIT_USAGE and "ANSIBLE_ARGS" in err
+
+
+def test_deploy_passes_limit_check_and_every_ansible_argument_through(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all: {}\n")
+    extra = split_extra("--tags configure -e 'celery_worker_serial=1 x=2'") + ["-v"]
+    command = playbook_command(str(inventory), "w1,w2", True, extra, "/venv/bin")
+    assert command == ["/venv/bin/ansible-playbook", "-i", str(inventory), "--limit", "w1,w2", "--check", "--diff",
+                       "--tags", "configure", "-e", "celery_worker_serial=1 x=2", "-v", str(PLAYBOOK)]
+    assert playbook_environment({"PATH": "/bin"})["ANSIBLE_CONFIG"].endswith("ansible.cfg")
+    assert playbook_environment({"ANSIBLE_CONFIG": "/mine.cfg"})["ANSIBLE_CONFIG"] == "/mine.cfg"
+    options = parser().parse_args(["deploy", "--check", "--", "--tags", "x"])
+    assert options.check and options.ansible_args == ["--", "--tags", "x"]
 
 
 def test_unknown_benchmark_is_a_usage_error():

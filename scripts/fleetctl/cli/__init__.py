@@ -6,13 +6,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from fleetctl.cli import bench, broadcast, health, restart, sandbox
+from fleetctl.cli import bench, broadcast, deploy, health, restart, sandbox
 from fleetctl.cli.common import Output
 from fleetctl.concurrency import fast_exit
 from fleetctl.errors import EXIT_CODES, EXIT_INTERRUPTED, FleetctlError
 from fleetctl.inventory import redact
 
-VERBS = (health, broadcast, restart, sandbox, bench)
+VERBS = (deploy, health, broadcast, restart, sandbox, bench)
 
 
 def _epilog() -> str:
@@ -22,9 +22,9 @@ def _epilog() -> str:
 
 def parser() -> argparse.ArgumentParser:
     """The whole command line: every verb and its options."""
-    top = argparse.ArgumentParser(prog="fleetctl", description="Operate a bare-metal Celery fleet: health, "
-                                  "broadcast, rolling restart, the local sandbox, benchmarks.", epilog=_epilog(),
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(prog="fleetctl", description="Operate a bare-metal Celery fleet: deploy, "
+                                  "health, broadcast, rolling restart, the local sandbox, benchmarks.",
+                                  epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
         verb.add_parser(sub)

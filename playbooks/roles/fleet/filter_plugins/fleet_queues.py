@@ -74,6 +74,60 @@ def fleet_queue_options_map(nodes_by_host: dict) -> dict:
     return dict(sorted(found.items()))
 
 
+def fleet_queue_wanted(nodes_by_host: dict) -> dict:
+    """name -> (options, first node naming it) of every queue of the fleet's nodes, plain ones included."""
+    found: dict = {}
+    for host, nodes in nodes_by_host.items():
+        for node in nodes or []:
+            for entry in node.get("queues", []) or []:
+                found.setdefault(fleet_queue_name(entry), (fleet_queue_options(entry), f"{node.get('name')}@{host}"))
+    return found
+
+
+def _arguments(value) -> dict:
+    """Queue arguments as rabbitmqctl's JSON formatter gives them: a mapping, or a list of pairs."""
+    if isinstance(value, dict):
+        return value
+    pairs = {}
+    for item in value or []:
+        if isinstance(item, (list, tuple)) and len(item) >= 2:
+            pairs[str(item[0])] = item[-1]
+    return pairs
+
+
+def fleet_queue_drift(existing: dict, nodes_by_host: dict, broker: str = "", vhost: str = "celery") -> list:
+    """Messages for each fleet queue or exchange the broker holds with other options than the inventory's.
+
+    existing: {"queues": [{name, arguments}], "exchanges": [{name, type}]} as rabbitmqctl lists them.
+    RabbitMQ refuses to redeclare either with other arguments (PRECONDITION_FAILED - inequivalent arg):
+    the node that tries would never start, so the deploy stops before it changes anything.
+    """
+    queues = {q.get("name"): _arguments(q.get("arguments")) for q in existing.get("queues", []) or []}
+    exchanges = {e.get("name"): e.get("type") for e in existing.get("exchanges", []) or []}
+    messages = []
+    for name, (options, where) in sorted(fleet_queue_wanted(nodes_by_host).items()):
+        if name in queues:
+            have, want = queues[name].get("x-max-priority"), options.get("max_priority")
+            if (None if have is None else int(have)) != want:
+                said = "without max_priority" if want is None else f"with max_priority {want}"
+                held = "without x-max-priority" if have is None else f"with x-max-priority {have}"
+                messages.append(
+                    f"{broker}: queue {name} exists on the broker {held}, but the inventory declares it {said} "
+                    f"(node {where}); RabbitMQ refuses to redeclare a queue with other arguments, so the node would "
+                    f"not start. Way out: give the queue with the new options a new name (deploy, move publishers, "
+                    f"delete the old one once empty), or stop its consumers, empty it and delete it (rabbitmqctl "
+                    f"delete_queue -p {vhost} {name}), then deploy")
+        exchange = options.get("exchange", name)
+        kind = options.get("exchange_type", "direct")
+        if exchanges.get(exchange) not in (None, kind):
+            messages.append(
+                f"{broker}: exchange {exchange} exists on the broker as type {exchanges[exchange]}, but the inventory "
+                f"declares it {kind} (queue {name}, node {where}); RabbitMQ refuses to redeclare an exchange with "
+                f"another type. Way out: name another exchange, or delete this one once nothing publishes to it "
+                f"(on a worker host: celery -A <app> amqp exchange.delete {exchange}), then deploy")
+    return messages
+
+
 def fleet_read_lines(path: str) -> list:
     """The lines of a controller-side text file (a requirements file)."""
     with open(path, encoding="utf-8") as handle:
@@ -90,5 +144,6 @@ class FilterModule:
             "fleet_queue_problems": fleet_queue_problems,
             "fleet_queue_conflicts": fleet_queue_conflicts,
             "fleet_queue_options_map": fleet_queue_options_map,
+            "fleet_queue_drift": fleet_queue_drift,
             "fleet_read_lines": fleet_read_lines,
         }
