@@ -55,6 +55,8 @@ class Node:
     host: str
     queues: tuple[str, ...]
     concurrency: int
+    # (queue, options) of each queue entry that carries options ({max_priority, exchange, ...}).
+    queue_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @property
     def full_name(self) -> str:
@@ -205,14 +207,17 @@ def _nodes(host: str, hostvars: Mapping[str, Any]) -> tuple[Node, ...]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
             raise FleetError(f"{host}: every celery_worker_nodes entry needs a name")
         queues = entry.get("queues", DEFAULT_NODE["queues"])
+        options = ()
         if isinstance(queues, list):  # an entry is a name or {name: ..., max_priority: ...} (queue options)
+            options = tuple((q.get("name"), tuple(sorted((k, v) for k, v in q.items() if k != "name")))
+                            for q in queues if isinstance(q, dict) and len(q) > 1)
             queues = [q.get("name") if isinstance(q, dict) else q for q in queues]
         concurrency = entry.get("concurrency", DEFAULT_NODE["concurrency"])
         if not isinstance(queues, list) or not queues or not all(isinstance(q, str) and q for q in queues):
             raise FleetError(f"{host}: celery_worker_nodes {entry['name']}: queues must be a non-empty list of names")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise FleetError(f"{host}: celery_worker_nodes {entry['name']}: concurrency must be a positive integer")
-        nodes.append(Node(entry["name"], host, tuple(queues), concurrency))
+        nodes.append(Node(entry["name"], host, tuple(queues), concurrency, options))
     names = [node.name for node in nodes]
     if len(set(names)) != len(names):
         raise FleetError(f"{host}: celery_worker_nodes names must be unique")

@@ -17,8 +17,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
-from support.deploy import ROOT, deploy, inventory_hostvars, recap
+from support.deploy import ROOT, deploy, inventory_hostvars, recap, write_inventory
 
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "redis-fleet" / "hosts.yml"
 BROKER, REDIS, W1, W2 = "rd-broker", "rd-redis", "rd-w1", "rd-w2"
@@ -53,6 +54,17 @@ def _wait_records(host: str, ledger: str, count: int, within: float = 60) -> lis
         if len(lines) >= count or time.monotonic() > deadline:
             return lines
         time.sleep(0.5)
+
+
+def _wait_log(host: str, text: str, within: float) -> list[str]:
+    """Lines of the host's celery logs holding text and a connection error, once there are any."""
+    deadline = time.monotonic() + within
+    while True:
+        found = _ssh(host, f"grep -h -F {shlex.quote(text)} /var/log/celery/*.log || true")
+        lines = [line for line in found.splitlines() if "rror" in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(2)
 
 
 def _redis(commands: list[list[str]]) -> list[str]:
@@ -205,6 +217,39 @@ def test_active_queues_show_the_declared_options(fleet):
     assert (feeds["exchange"]["name"], feeds["exchange"]["type"], feeds["routing_key"]) == ("feeds", "topic", "feed.#")
 
 
+def test_health_shows_each_queue_with_its_options(fleet):
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "fleetctl"), "health", "--inventory", str(SANDBOX_INVENTORY)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=dict(os.environ, NO_COLOR="1"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "queues urgent (max_priority 10), broadcast" in done.stdout
+    assert "queues feeds (topic feeds, feed.#), broadcast" in done.stdout
+
+
+def test_a_changed_max_priority_of_an_existing_queue_is_refused_before_any_host_changes(fleet, tmp_path):
+    document = yaml.safe_load(SANDBOX_INVENTORY.read_text())
+    workers = document["all"]["children"]["celery_workers"]
+    workers["vars"] = yaml.safe_load((SANDBOX_INVENTORY.parent / "group_vars" / "celery_workers.yml").read_text())
+    nodes = workers["hosts"][W2]["celery_worker_nodes"]
+    nodes[1]["queues"] = [{"name": "urgent", "max_priority": 5}]
+    variant = write_inventory(tmp_path, document, SANDBOX_INVENTORY)
+    before = _fleet_fingerprint()
+
+    done = deploy(variant)
+
+    assert done.returncode != 0
+    assert (f"{BROKER}: queue urgent exists on the broker with x-max-priority 10, but the inventory declares it with "
+            f"max_priority 5 (node urgent@{W2})") in done.stdout, done.stdout[-3000:]
+    assert "rabbitmqctl delete_queue -p celery urgent" in done.stdout
+    assert all(r["changed"] == 0 for r in recap(done.stdout).values()), done.stdout[-3000:]
+    assert _fleet_fingerprint() == before
+
+
+def _fleet_fingerprint() -> dict[str, str]:
+    return {name: _ssh(name, "sha256sum /etc/conf.d/celery /etc/systemd/system/celery*.service; "
+                             "systemctl show -p InvocationID 'celery@*.service' rabbitmq-server.service")
+            for name in (BROKER, W1, W2)}
+
+
 def test_redis_stopped_fails_health_naming_the_redis_host_and_workers_keep_consuming(fleet):
     """Redis down: health FAILs on every worker host naming rd-redis; tasks still run.
 
@@ -226,5 +271,10 @@ def test_redis_stopped_fails_health_naming_the_redis_host_and_workers_keep_consu
         _python(W1, f"app.send_task('celery_app.tasks.examples.record', ({ledger!r},), queue='celery',"
                     " ignore_result=True)")
         assert len(_wait_records(W2, ledger, 1)) == 1
+        # A task whose result the worker cannot store runs, and the worker's log names it with the error
+        # (the client here has no result backend of its own, so it sends without subscribing).
+        stored = _python(W1, "app.conf.result_backend = None\nprint(app.send_task("
+                             "'celery_app.tasks.examples.add', (2, 3), queue='celery').id)").strip()
+        assert _wait_log(W2, stored, within=120), f"no log line names task {stored}"
     finally:
         _ssh(REDIS, "systemctl start redis-server.service")

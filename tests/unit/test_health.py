@@ -91,6 +91,23 @@ def test_queue_drift_names_missing_and_extra_queues():
     assert render.describe(drift) == "queue drift: missing calc; extra reports"
 
 
+def test_queue_options_are_shown_and_a_node_declaring_them_otherwise_fails():
+    options = (("feeds", (("exchange", "feeds"), ("exchange_type", "topic"), ("routing_key", "feed.#"))),
+               ("urgent", (("max_priority", 10),)))
+    node = fleet.Node("lane", "w1", ("feeds", "urgent"), 1, options)
+    feeds = {"name": "feeds", "exchange": {"name": "feeds", "type": "topic"}, "routing_key": "feed.#"}
+    urgent = {**_queue("urgent"), "routing_key": "urgent", "queue_arguments": {"x-max-priority": 10}}
+    view = CeleryView(queues={"lane@w1": [feeds, urgent, _broadcast("broadcast", "lane@w1")]})
+    [shown] = verdict._queue_findings(node, view, ("broadcast",))
+    assert render.describe(shown) == "queues feeds (topic feeds, feed.#), urgent (max_priority 10), broadcast"
+
+    view = CeleryView(queues={"lane@w1": [feeds, {**urgent, "queue_arguments": {}}]})
+    drift, _ = verdict._queue_findings(node, view, ())
+    assert drift.status == "FAIL" and drift.params == {"queue": "urgent", "differs": {"max_priority": [10, None]}}
+    assert render.describe(drift) == "queue urgent declared otherwise than the inventory: max_priority 10 wanted, " \
+                                     "None declared"
+
+
 def test_expected_queues_are_the_node_queues_then_the_broadcast_queues():
     node = fleet.Node("calc", "w1", ("calc", "broadcast"), 2)
     assert verdict.expected_queues(node, ("broadcast", "urgent")) == ("calc", "broadcast", "urgent")

@@ -86,7 +86,10 @@ WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "pong": lambda p: "pong",
     "queues_unanswered": lambda p: f"no answer to active_queues within {p['timeout']:g} s",
     "queue_drift": _drift,
-    "queues": lambda p: f"queues {', '.join(p['queues']) or 'none'}",
+    "queues": lambda p: "queues " + (", ".join(f"{q} ({p['options'][q]})" if p.get("options", {}).get(q) else q
+                                               for q in p["queues"]) or "none"),
+    "queue_options_drift": lambda p: (f"queue {p['queue']} declared otherwise than the inventory: " + "; ".join(
+        f"{key} {wanted!r} wanted, {got!r} declared" for key, (wanted, got) in p["differs"].items())),
     "node_duplicate": lambda p: (f"{len(p['processes'])} worker processes named {p['node']} "
                                  f"({', '.join(f'{host} pid {pid}' for host, pid in p['processes'])})"),
     "pid": lambda p: f"pid {p['pid']}",

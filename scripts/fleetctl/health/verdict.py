@@ -54,6 +54,33 @@ def expected_queues(node: Node, broadcast: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*node.queues, *broadcast]))
 
 
+def declared_options(queue: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of a queue in an active_queues answer, with the keys of an inventory queue entry."""
+    exchange = queue.get("exchange") or {}
+    found = {"exchange": exchange.get("name"), "exchange_type": exchange.get("type"),
+             "routing_key": queue.get("routing_key")}
+    priority = (queue.get("queue_arguments") or {}).get("x-max-priority")
+    return {**found, "max_priority": priority} if priority is not None else found
+
+
+def options_drift(name: str, wanted: Mapping[str, Any], declared: Mapping[str, Any]) -> dict[str, Any]:
+    """key -> (wanted, declared) where a node declares a queue otherwise than its inventory entry."""
+    full = {"exchange": name, "exchange_type": "direct", "routing_key": name, "max_priority": None, **wanted}
+    return {key: [full[key], declared.get(key)] for key in sorted(full) if full[key] != declared.get(key)}
+
+
+def options_label(options: Mapping[str, Any]) -> str:
+    """Queue options in a few words: ``max_priority 10``, ``topic feeds, feed.#``."""
+    words = []
+    if options.get("exchange_type") not in (None, "direct") or options.get("exchange"):
+        words.append(" ".join(str(options[k]) for k in ("exchange_type", "exchange") if options.get(k)))
+    if options.get("routing_key"):
+        words.append(str(options["routing_key"]))
+    if options.get("max_priority") is not None:
+        words.append(f"max_priority {options['max_priority']}")
+    return ", ".join(words)
+
+
 def queue_drift(expected: Iterable[str], consumed: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(missing, extra) queue names, each sorted."""
     expected, consumed = set(expected), set(consumed)
@@ -208,9 +235,16 @@ def _queue_findings(node: Node, view: CeleryView, broadcast: Sequence[str]) -> l
     expected = expected_queues(node, broadcast)
     missing, extra = queue_drift(expected, consumed)
     shown = [q for q in expected if q in consumed] + list(extra)  # inventory order, not consumer order
-    findings = [Finding(OK, "queues", {"queues": shown})]
+    wanted = {queue: dict(options) for queue, options in node.queue_options}
+    declared = {q.get("name"): declared_options(q) for q in answer if q.get("name") in wanted}
+    labels = {queue: options_label(wanted[queue]) for queue in shown if queue in declared}
+    findings = [Finding(OK, "queues", {"queues": shown, **({"options": labels} if labels else {})})]
     if missing or extra:
         findings.insert(0, Finding(FAIL, "queue_drift", {"missing": list(missing), "extra": list(extra)}))
+    for queue in sorted(declared):
+        differs = options_drift(queue, wanted[queue], declared[queue])
+        if differs:
+            findings.insert(0, Finding(FAIL, "queue_options_drift", {"queue": queue, "differs": differs}))
     return findings
 
 
