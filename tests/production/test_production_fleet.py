@@ -196,3 +196,72 @@ def test_a_changed_host_key_is_refused_by_deploy_and_every_tool_naming_the_host(
         other.unlink(missing_ok=True)
         other.with_suffix(".pub").unlink(missing_ok=True)
     assert _fleetctl("health").returncode == 0  # the refused restart gave the host its queues back
+
+
+OPERATOR = "fleetop"  # a controller user of its own: no root, no sudo
+
+
+def _as_operator(home: Path, *args: str, timeout: float = GUARD) -> subprocess.CompletedProcess:
+    """args run as the operator user, in its copy of the toolkit, with a login-like environment."""
+    env = [f"HOME={home}", "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "ANSIBLE_NOCOLOR=1",
+           f"ANSIBLE_VAULT_PASSWORD_FILE={home / 'vault-pass'}"]
+    return subprocess.run(["runuser", "-u", OPERATOR, "--", "env", "-i", *env, *args], cwd=home / "toolkit",
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _operator_copy(home: Path) -> Path:
+    """The toolkit as the repository has it (working tree, ignored files left out), owned by the operator."""
+    tree = home / "toolkit"
+    shutil.rmtree(tree, ignore_errors=True)
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in (n for n in listed if n and (ROOT / n).is_file()):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tree / name)
+    return tree
+
+
+def _operator_inventory(home: Path, tree: Path) -> Path:
+    """A plain inventory of the production-like hosts, as an operator writes one: no sandbox variables."""
+    hostvars = json.loads(_run(str(BIN / "ansible-inventory"), "-i", str(INVENTORY), "--list").stdout)["_meta"][
+        "hostvars"]
+    for name, source in (("id_ed25519", ROOT / ".sandbox" / "ssh" / "id_ed25519"), ("known_hosts", KNOWN_HOSTS),
+                         ("vault-pass", VAULT_PASS)):
+        shutil.copy(source, home / name)
+        (home / name).chmod(0o600)
+    directory = tree / "inventories" / "production"
+    (directory / "group_vars" / "all").mkdir(parents=True)
+    shutil.copy(INVENTORY.parent / "group_vars" / "all" / "vault.yml", directory / "group_vars" / "all")
+    document = yaml.safe_load(INVENTORY.read_text())
+    document["all"]["vars"] = {
+        "ansible_user": "deploy", "ansible_become": True,
+        "ansible_ssh_private_key_file": str(home / "id_ed25519"),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={home / 'known_hosts'}",
+        **{k: hostvars[HOSTS[0]][k] for k in ("fleet_http_proxy", "fleet_ca_bundle")}}
+    for group in document["all"]["children"].values():
+        for name, variables in (group.get("hosts") or {}).items():
+            if "ansible_host" in (variables or {}):
+                variables["ansible_host"] = hostvars[name]["sandbox_address"]
+    (directory / "hosts.yml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return directory / "hosts.yml"
+
+
+def test_make_deploy_and_health_of_an_operators_inventory_run_as_an_unprivileged_user(fleet):
+    """A controller user without root deploys a real inventory (make setup, make deploy, make health)."""
+    if subprocess.run(["id", OPERATOR], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", OPERATOR], check=True)
+    home = Path(f"/home/{OPERATOR}")
+    tree = _operator_copy(home)
+    inventory = _operator_inventory(home, tree).relative_to(tree)
+    subprocess.run(["chown", "-R", f"{OPERATOR}:", str(home)], check=True)
+
+    setup = _as_operator(home, "make", "setup", "PYTHON=/usr/bin/python3")
+    assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
+    deployed = _as_operator(home, "make", "--no-print-directory", "deploy", f"INVENTORY={inventory}")
+    assert deployed.returncode == 0, deployed.stdout[-4000:] + deployed.stderr[-2000:]
+    assert {host: counts["changed"] for host, counts in recap(deployed.stdout).items()} == dict.fromkeys(HOSTS, 0)
+    health = _as_operator(home, "make", "--no-print-directory", "health", f"INVENTORY={inventory}", timeout=600)
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert not (tree / ".sandbox").exists()  # nothing of the sandbox was needed
+    for text in (deployed.stdout, deployed.stderr, health.stdout):
+        assert PASSWORD not in text
