@@ -509,15 +509,22 @@ def forget_host_keys(addresses: set[str]) -> None:
         KNOWN_HOSTS.write_text("\n".join(lines) + "\n" if lines else "")
 
 
-def _start_host(fleet: Fleet, host: HostState, key: Path) -> None:
+def _has_disk(fleet: Fleet, name: str) -> bool:
+    hdir = fleet.directory / "hosts" / name
+    return (hdir / "upper").is_dir() and (hdir / "ssh_host_ed25519_key.pub").is_file()
+
+
+def _start_host(fleet: Fleet, host: HostState, key: Path, keep_disk: bool = False) -> None:
+    """Boot a host: blank (a new disk and host key), or with the disk and host key it had (keep_disk)."""
     hdir = fleet.directory / "hosts" / host.name
-    if hdir.exists():
-        shutil.rmtree(hdir)
     upper = hdir / "upper"
-    upper.mkdir(parents=True)
-    (hdir / "10-host0.network").write_text(network_unit(host.address))
     host_key = hdir / "ssh_host_ed25519_key"
-    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
+    if not (keep_disk and _has_disk(fleet, host.name)):
+        if hdir.exists():
+            shutil.rmtree(hdir)
+        upper.mkdir(parents=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
+    (hdir / "10-host0.network").write_text(network_unit(host.address))
     record_host_key(host.address, (hdir / "ssh_host_ed25519_key.pub").read_text())
     login_keys = "/root/.ssh/authorized_keys" if host.login == "root" else f"/home/{host.login}/.ssh/authorized_keys"
     cmd = [
@@ -642,6 +649,47 @@ def up(inventory: Path, suite: str = "bookworm", log=_quiet) -> Fleet:
             f"(at most {SSH_READY_TIMEOUT + SSH_READY_PER_HOST * len(started):.0f} s)")
     _wait_for_ssh(fleet, len(started))
     return fleet
+
+
+def _fleet_host(inventory: Path, name: str) -> tuple[Fleet, HostState]:
+    fid = fleet_id(inventory)
+    fleet = next((f for f in load_fleets() if f.fid == fid), None)
+    if fleet is None:
+        raise SandboxError(f"inventory {inventory}: no sandbox fleet is up for it (run `fleetctl sandbox up`)")
+    if name not in fleet.hosts:
+        raise SandboxError(f"{name}: not a host of the sandbox fleet of {inventory} "
+                           f"(hosts: {', '.join(fleet.hosts)})")
+    return fleet, fleet.hosts[name]
+
+
+def poweroff(inventory: Path, name: str) -> bool:
+    """Cut a host's power: its PID 1 killed at once, no shutdown; its disk stays. False: it was off."""
+    with _locked():
+        fleet, host = _fleet_host(inventory, name)
+        inits, nspawns = container_inits(), nspawn_pids(f"sb{fleet.fid[:6]}-")
+        running = bool(inits.get((fleet.fid, name))) or host.machine in nspawns
+        _stop_host(fleet.fid, name, host.machine, inits, nspawns)
+    return running
+
+
+def poweron(inventory: Path, name: str, log=_quiet) -> bool:
+    """Boot a powered-off host with the disk it had, and wait for its SSH. False: it was already on."""
+    key = ssh_key()
+    with _locked():
+        fleet, host = _fleet_host(inventory, name)
+        inits, nspawns = container_inits(), nspawn_pids(f"sb{fleet.fid[:6]}-")
+        if inits.get((fleet.fid, name)) and host.machine in nspawns:
+            return False
+        if not _has_disk(fleet, name):
+            raise SandboxError(f"{name}: has no disk to boot from (never booted, or removed): "
+                               "`fleetctl sandbox up` boots it blank")
+        _stop_host(fleet.fid, name, host.machine, inits, nspawns)  # leftovers of the cut: veth, cgroups
+        _start_host(fleet, host, key, keep_disk=True)
+    log(f"Powering on {name} with its disk; waiting for its SSH (at most {SSH_READY_TIMEOUT:.0f} s)")
+    if not _wait(lambda: _ssh_ready(host.address), SSH_READY_TIMEOUT, 0.1):
+        raise SandboxError(f"{name}: not reachable over SSH after {SSH_READY_TIMEOUT:.0f} s; "
+                           f"see {fleet.directory}/hosts/{name}/console.log")
+    return True
 
 
 def down(inventory: Path | None = None, everything: bool = False) -> list[str]:

@@ -125,6 +125,38 @@ def test_sandbox_up_replaces_a_host_whose_container_died(sandbox_fleet):
     assert sandbox_fleet.host("watch1").run("hostname").stdout.strip() == "watch1"
 
 
+def _fleetctl_sandbox(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "fleetctl"), "sandbox", *args, "-i", str(SANDBOX_INVENTORY)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_poweroff_cuts_a_host_and_poweron_boots_it_with_its_disk(sandbox_fleet):
+    node = sandbox_fleet.host("node-b")
+    assert node.run("echo kept > /var/tmp/disk-marker && rm -f /var/tmp/stopped-cleanly && sync").rc == 0
+    # A unit whose stop writes a file: a clean shutdown runs it, a power cut does not.
+    started = node.run("systemd-run --unit=probe-power --remain-after-exit "
+                       "-p 'ExecStop=/bin/sh -c \"touch /var/tmp/stopped-cleanly; sync\"' /bin/true")
+    assert started.rc == 0, started.stderr
+    before = sandbox_fleet.hosts()["node-b"]["pid1"]
+
+    assert "powered off" in _fleetctl_sandbox("poweroff", "node-b").stdout
+    rows = sandbox_fleet.hosts()
+    assert rows["node-b"]["state"] == "stopped"
+    assert all(row["state"] == "running" for name, row in rows.items() if name != "node-b")
+    assert "already off" in _fleetctl_sandbox("poweroff", "node-b").stdout
+
+    assert "powered on with its disk" in _fleetctl_sandbox("poweron", "node-b").stdout
+    rows = sandbox_fleet.hosts()
+    assert rows["node-b"]["state"] == "running" and rows["node-b"]["pid1"] != before
+    node = sandbox_fleet.host("node-b")  # the same host key: its known_hosts entry still holds
+    assert node.run("cat /var/tmp/disk-marker").stdout.strip() == "kept"
+    assert not node.file("/var/tmp/stopped-cleanly").exists
+    assert _settled_state(node) in ("running", "degraded")
+    assert "already on" in _fleetctl_sandbox("poweron", "node-b").stdout
+
+
 def test_sandbox_down_after_an_interrupted_run_leaves_nothing(sandbox_fleet):
     fleet = _fleet()
     inits = {k: v for k, v in sandbox.container_inits().items() if k[0] == fleet.fid}

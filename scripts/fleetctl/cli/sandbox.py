@@ -14,7 +14,9 @@ from fleetctl.paths import REPO_ROOT, default_inventory
 EPILOG = """\
 One systemd-nspawn container per inventory host, booting a real systemd, sshd and python3, on a
 private bridge with no route out (packages through a proxy on the bridge address). `up` is
-idempotent: hosts that are up are left alone, dead ones are replaced. up and down need root.
+idempotent: hosts that are up are left alone, dead ones are replaced by blank ones (a new disk).
+`poweroff HOST` is a power cut (PID 1 killed, no shutdown, the disk kept); `poweron HOST` boots the
+host again with that disk, as a real host comes back after a power loss. All but status need root.
 
 exit status: 0 done, 2 bad input (inventory, host names, not root), 130 interrupted"""
 
@@ -23,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     summary = "the local sandbox fleet: boot, remove or list its hosts"
     parser = sub.add_parser("sandbox", help=summary, description=summary[0].upper() + summary[1:] + ".",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = parser.add_subparsers(dest="sandbox_command", required=True, metavar="{up,down,status}")
+    verbs = parser.add_subparsers(dest="sandbox_command", required=True,
+                                  metavar="{up,down,status,poweroff,poweron}")
     p_up = verbs.add_parser("up", help="boot one host per inventory host (idempotent)")
     p_up.add_argument("inventory", nargs="?", default=None, help="inventory (default: $ANSIBLE_INVENTORY, else "
                                                                   "the sandbox inventory)")
@@ -38,6 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_status.add_argument("--json", action="store_true", help="as JSON")
     p_status.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p_status.set_defaults(run=run_status)
+    p_off = verbs.add_parser("poweroff", help="cut a host's power: it stops at once, no clean shutdown; its disk "
+                                              "stays")
+    p_on = verbs.add_parser("poweron", help="boot a powered-off host with the disk it had (`up` boots it blank)")
+    for power, run in ((p_off, run_poweroff), (p_on, run_poweron)):
+        power.add_argument("host", help="inventory name of the host")
+        power.add_argument("-i", "--inventory", default=None, metavar="PATH",
+                           help="inventory of its fleet (default: $ANSIBLE_INVENTORY, else the sandbox inventory)")
+        power.set_defaults(run=run)
 
 
 def _need_root() -> None:
@@ -83,4 +94,22 @@ def run_status(options: argparse.Namespace, out: Output) -> int:
         out.json(rows)
     else:
         _print_status(rows, out)
+    return EXIT_OK
+
+
+def run_poweroff(options: argparse.Namespace, out: Output) -> int:
+    _need_root()
+    inventory = Path(options.inventory or default_inventory())
+    was_on = sandbox.poweroff(inventory, options.host)
+    out.line(f"{options.host}: powered off (no shutdown; its disk is kept)" if was_on
+             else f"{options.host}: was already off")
+    return EXIT_OK
+
+
+def run_poweron(options: argparse.Namespace, out: Output) -> int:
+    _need_root()
+    started = time.monotonic()
+    booted = sandbox.poweron(Path(options.inventory or default_inventory()), options.host, log=out.progress)
+    out.line(f"{options.host}: powered on with its disk, SSH up in {time.monotonic() - started:.1f} s" if booted
+             else f"{options.host}: was already on")
     return EXIT_OK
