@@ -56,14 +56,13 @@ def _wait_records(host: str, ledger: str, count: int, within: float = 60) -> lis
         time.sleep(0.5)
 
 
-def _wait_log(host: str, text: str, within: float) -> list[str]:
-    """Lines of the host's celery logs holding text and a connection error, once there are any."""
+def _wait_log(host: str, task_id: str, within: float) -> str:
+    """The lines of the host's celery logs from the one naming task_id, once a connection error follows it."""
     deadline = time.monotonic() + within
     while True:
-        found = _ssh(host, f"grep -h -F {shlex.quote(text)} /var/log/celery/*.log || true")
-        lines = [line for line in found.splitlines() if "rror" in line]
-        if lines or time.monotonic() > deadline:
-            return lines
+        found = _ssh(host, f"grep -h -A 3 -F {shlex.quote(task_id)} /var/log/celery/*.log || true")
+        if "ConnectionError" in found or time.monotonic() > deadline:
+            return found
         time.sleep(2)
 
 
@@ -271,10 +270,12 @@ def test_redis_stopped_fails_health_naming_the_redis_host_and_workers_keep_consu
         _python(W1, f"app.send_task('celery_app.tasks.examples.record', ({ledger!r},), queue='celery',"
                     " ignore_result=True)")
         assert len(_wait_records(W2, ledger, 1)) == 1
-        # A task whose result the worker cannot store runs, and the worker's log names it with the error
-        # (the client here has no result backend of its own, so it sends without subscribing).
+        # A task whose result the worker cannot store runs; its result is lost, and the worker's log
+        # names the task and the error that follows (the client here has no result backend of its own,
+        # so it sends without subscribing).
         stored = _python(W1, "app.conf.result_backend = None\nprint(app.send_task("
                              "'celery_app.tasks.examples.add', (2, 3), queue='celery').id)").strip()
-        assert _wait_log(W2, stored, within=120), f"no log line names task {stored}"
+        logged = _wait_log(W2, stored, within=120)
+        assert "ConnectionError" in logged and f"add[{stored}] received" in logged, logged
     finally:
         _ssh(REDIS, "systemctl start redis-server.service")
