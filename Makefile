@@ -100,3 +100,13 @@ bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health 
 .PHONY: clean
 clean: ## Remove the controller environment (the sandbox stays; see sandbox-down)
 	rm -rf $(VENV) .pytest_cache
+
+.PHONY: release
+release: setup ## Build the app's release and roll it out host by host, canary first [INVENTORY=path] [VERSION=id] [CHECK=1] [FORMAT=json]
+	@$(BIN)/fleetctl release --inventory "$(INVENTORY)" $(LIMIT_ARG) $(if $(VERSION),--version "$(VERSION)") \
+		$(if $(CHECK),--dry-run) --format "$(FORMAT)"
+
+.PHONY: rollback
+rollback: setup ## Roll the previous (or TO=id) release out again, host by host [INVENTORY=path] [TO=id] [CHECK=1] [FORMAT=json]
+	@$(BIN)/fleetctl rollback --inventory "$(INVENTORY)" $(LIMIT_ARG) $(if $(TO),--to "$(TO)") \
+		$(if $(CHECK),--dry-run) --format "$(FORMAT)"

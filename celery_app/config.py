@@ -1,24 +1,10 @@
 """Celery configuration of the fleet app; values from celery_app.settings (environment, then /etc/conf.d/celery)."""
-from kombu import Exchange as _Exchange
-from kombu import Queue as _Queue
-
 from celery_app.broadcast import broadcast_queue as _broadcast_queue
+from celery_app.fleet import option_queue as _queue
 from celery_app.settings import broker_tls_options as _broker_tls_options
 from celery_app.settings import load_settings as _load_settings
 
 _settings = _load_settings()
-
-
-def _queue(name, options=None):
-    """Queue name bound to its exchange: by default a direct exchange of the same name and key.
-
-    options (CELERY_QUEUE_OPTIONS, from the inventory): exchange, exchange_type, routing_key, and
-    max_priority (the queue argument x-max-priority: RabbitMQ then delivers higher priorities first).
-    """
-    options = options or {}
-    exchange = _Exchange(str(options.get("exchange") or name), type=str(options.get("exchange_type") or "direct"))
-    arguments = {"x-max-priority": int(options["max_priority"])} if options.get("max_priority") else None
-    return _Queue(name, exchange, routing_key=str(options.get("routing_key") or name), queue_arguments=arguments)
 
 
 broker_url = _settings.broker_url

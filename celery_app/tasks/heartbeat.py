@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from celery_app.app import app
+from celery import shared_task
+
 from celery_app.base import IdempotentTask
 
 PERIOD = 30.0  # seconds; the beat_schedule entry in celery_app/config.py
@@ -59,7 +60,7 @@ def write_heartbeat(path: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@app.task(bind=True, base=IdempotentTask)
+@shared_task(bind=True, base=IdempotentTask)
 def heartbeat(self) -> dict[str, Any]:
     """Record this run's time in the heartbeat file of this host, and return the record."""
     record = heartbeat_record(self.request.hostname or "", time.time())

@@ -29,8 +29,8 @@ from typing import Any
 
 import psutil
 from billiard.process import current_process
+from celery import shared_task
 
-from celery_app.app import app
 from celery_app.broadcast import BroadcastTask
 
 MAINTENANCE: dict[str, Any] = {}
@@ -42,10 +42,10 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 def maintenance(fn: Callable | None = None, **options: Any):
-    """Register fn as a maintenance task broadcast to every node (options go to ``app.task``)."""
+    """Register fn as a maintenance task broadcast to every node (options go to ``shared_task``: every app gets it)."""
 
     def register(func: Callable):
-        task = app.task(base=BroadcastTask, name=f"{__name__}.{func.__name__}", **options)(func)
+        task = shared_task(base=BroadcastTask, name=f"{__name__}.{func.__name__}", **options)(func)
         MAINTENANCE[func.__name__] = task
         return task
 

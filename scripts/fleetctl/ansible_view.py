@@ -16,7 +16,8 @@ from typing import Any
 
 # Variables the tools read, rendered per host. Connection variables get Ansible's defaults.
 FLEET_VARS = ("celery_worker_nodes", "celery_broadcast_queues", "fleet_broker_password_file", "rabbitmq_tls_cert",
-              "sandbox_fleet")
+              "sandbox_fleet", "celery_worker_app_source", "celery_worker_app", "celery_worker_app_requirements",
+              "celery_worker_app_smoke_task", "celery_worker_app_keep_releases")
 CONNECTION_VARS = {
     "ansible_host": (), "ansible_user": ("ansible_ssh_user",), "ansible_port": ("ansible_ssh_port",),
     "ansible_ssh_private_key_file": ("ansible_private_key_file",), "ansible_ssh_common_args": (),

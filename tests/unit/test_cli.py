@@ -53,9 +53,9 @@ def test_python_m_fleetctl_is_the_same_command():
 
 def test_every_verb_is_listed_in_the_top_level_help():
     text = parser().format_help()
-    for verb in ("deploy", "health", "status", "broadcast", "restart", "sandbox", "bench"):
+    for verb in ("deploy", "health", "status", "broadcast", "restart", "sandbox", "bench", "release", "rollback"):
         assert f"\n    {verb}" in text
-    assert len(VERBS) == 6
+    assert len(VERBS) == 7
 
 
 def test_the_exit_code_table_is_shared_by_every_verb():

@@ -87,5 +87,7 @@ def check(fleet: Fleet, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     view = celery.result(deadline + 0.5, default=CeleryView(timeout=ping_timeout,
                                                             error=f"no answer within {bound:g} s"))
     probes = ssh.result(deadline + 0.5, default={})
-    rows = evaluate(fleet, probes, view, thresholds, period)
+    from fleetctl.release import rollout_running  # here: fleetctl.release imports the restart, which imports this
+
+    rows = evaluate(fleet, probes, view, thresholds, period, rolling=bool(inventory) and rollout_running(inventory))
     return Report(inventory=inventory, rows=rows, elapsed=time.monotonic() - started, bound=bound)

@@ -137,6 +137,14 @@ def heartbeat(env):
         return {"path": path, "age": None, "node": None}
 
 
+def release(path="/opt/celery/current"):
+    """The release the host runs (the target of /opt/celery/current), or None (the bundled app)."""
+    try:
+        return os.path.basename(os.readlink(path)) or None
+    except OSError:
+        return None
+
+
 def _resp(text):
     """A RESP command (array of bulk strings) for the words of text."""
     words = [w.encode() for w in text]
@@ -232,7 +240,7 @@ def main():
         "load_per_cpu": round(os.getloadavg()[1] / cpus, 2), "memory_percent": memory_percent(),
         "disk_percent": {path: disk_percent(path) for path in DISKS},
         "units": units(), "heartbeat": heartbeat(env), "workers": workers(hostname), "pidfiles": pidfiles(env),
-        "result_backend": redis_backend(env),
+        "result_backend": redis_backend(env), "release": release(),
     }))
 
 

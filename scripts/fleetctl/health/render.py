@@ -66,6 +66,9 @@ WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "units_active": lambda p: f"{_units(p['units'])} active",
     "unit_not_active": _unit_state,
     "beat_elsewhere": lambda p: f"{p['unit']} active, but beat belongs on {p['beat_host'] or 'no host'} only",
+    "release": lambda p: f"release {p['release']}",
+    "release_drift": lambda p: (f"release {p['release']} while "
+                                + ", ".join(f"{h} runs {r}" for h, r in p["others"].items()) + " (no rollout running)"),
     "heartbeat": lambda p: f"heartbeat {p['age']:.0f} s ago",
     "heartbeat_not_yet": lambda p: f"no heartbeat yet (beat up {p['beat_up_for']:.0f} s)",
     "heartbeat_missing": lambda p: "no heartbeat file on any worker host",

@@ -186,8 +186,26 @@ def result_backend_findings(backend: Mapping[str, Any] | None, redis_host: str |
     return [Finding(status, "result_backend" if status == OK else "result_backend_memory", params)]
 
 
+def fleet_releases(fleet: Fleet, probes: Mapping[str, Probe]) -> dict[str, str]:
+    """Worker host -> the release it runs (hosts of the bundled app, or not probed, left out)."""
+    return {host.name: str(probes[host.name].data["release"]) for host in fleet.workers
+            if host.name in probes and (probes[host.name].data or {}).get("release")}
+
+
+def release_findings(host: Host, releases: Mapping[str, str], rolling: bool = False) -> list[Finding]:
+    """The host's release (a fact), and WARN release_drift when worker hosts run different releases
+    and no rollout is running (rolling: one is, so hosts on two releases are expected)."""
+    if host.name not in releases:
+        return []
+    mine = releases[host.name]
+    others = {name: release for name, release in releases.items() if release != mine}
+    if others and not rolling:
+        return [Finding(WARN, "release_drift", {"release": mine, "others": dict(sorted(others.items()))})]
+    return [Finding(OK, "release", {"release": mine})]
+
+
 def host_row(host: Host, probe: Probe, fleet: Fleet, view: CeleryView, thresholds: Thresholds,
-             heartbeat: Finding | None) -> Row:
+             heartbeat: Finding | None, releases: Mapping[str, str] | None = None, rolling: bool = False) -> Row:
     """The verdict on one host: reachable, its role's units active, beat and heartbeat, metrics."""
     if probe.down:
         return Row(HOST, host.name, host.name, DOWN, (Finding(DOWN, "host_unreachable", {"error": probe.error}),))
@@ -202,6 +220,7 @@ def host_row(host: Host, probe: Probe, fleet: Fleet, view: CeleryView, threshold
         findings.append(heartbeat)
     if host.nodes:
         findings += result_backend_findings(probe.data.get("result_backend"), fleet.redis_host, thresholds)
+    findings += release_findings(host, releases or {}, rolling)
     metrics = host_metrics(probe.data)
     findings += _metric_findings(metrics, thresholds)
     return Row(HOST, host.name, host.name, worst(f.status for f in findings), _facts_last(findings), metrics)
@@ -297,14 +316,17 @@ def fleet_heartbeat(fleet: Fleet, probes: Mapping[str, Probe], thresholds: Thres
 
 
 def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
-             thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD) -> tuple[Row, ...]:
-    """Every row of the verdict, hosts in inventory order each followed by its nodes."""
+             thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD,
+             rolling: bool = False) -> tuple[Row, ...]:
+    """Every row of the verdict, hosts in inventory order each followed by its nodes (rolling: a release
+    rollout is running, so release drift is expected)."""
     processes = worker_processes(probes)
     heartbeat = fleet_heartbeat(fleet, probes, thresholds, period)
+    releases = fleet_releases(fleet, probes)
     rows: list[Row] = []
     for host in checked_hosts(fleet):
         probe = probes.get(host.name) or Probe(host.name, error="not probed", down=True)
-        rows.append(host_row(host, probe, fleet, view, thresholds, heartbeat))
+        rows.append(host_row(host, probe, fleet, view, thresholds, heartbeat, releases, rolling))
         rows += [node_row(node, probe, view, fleet.broadcast_queues, processes) for node in host.nodes]
         rows += unexpected_rows(host, probe, fleet)
     if view.error and fleet.broker_host is None and fleet.selected is None:

@@ -16,6 +16,7 @@
 #   unit <unit> <enablement>                    of celery.service and celerybeat.service ("" if none)
 #   unit <unit> <active state>                  of celery.service and celerybeat.service
 #   legacy-unit celery.service                  celery.service is the former all-nodes Type=forking unit
+#   release <id>                                /opt/celery/current is a link to releases/<id>
 python=$1 venv=$2 app_dir=$3 user=$4 packages=$5
 shift 5
 # /usr/bin/python3 -> python3.11 names the version without starting Python.
@@ -68,6 +69,7 @@ systemctl show --property=Id,UnitFileState,ActiveState celery.service celerybeat
   emit
 }
 if grep -qs '^Type=forking' /etc/systemd/system/celery.service; then echo "legacy-unit celery.service"; fi
+if current=$(readlink /opt/celery/current 2>/dev/null); then echo "release ${current##*/}"; fi
 if cd "$app_dir" 2>/dev/null; then
   find . -type f ! -path '*/__pycache__/*' -exec sha1sum {} + | sed 's|^\([0-9a-f]*\)  \./|app \1  |'
 fi
