@@ -85,7 +85,8 @@ def test_healthy_fleet_exits_0_with_every_host_and_node_ok(fleet):
     rows = _rows(report)
     assert code == 0 and report["healthy"]
     assert [row["name"] for row in report["rows"]] == ["broker", "worker1", "calc@worker1", "reports@worker1",
-                                                       "worker2", "celery@worker2"]
+                                                       "worker2", "celery@worker2", "calc", "celery", "reports"]
+    assert [row["kind"] for row in report["rows"]][-3:] == ["queue"] * 3
     assert all(row["status"] in ("OK", "WARN") for row in report["rows"]), report
     assert all("pong" in rows[node]["facts"] and rows[node]["host"] == host for node, host in NODES.items())
     assert "queues calc, celery, broadcast" in rows["calc@worker1"]["facts"]
@@ -96,22 +97,24 @@ def test_text_table_names_every_host_and_node_and_says_healthy(fleet):
                           cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert [line.split()[0] for line in lines[1:-1]] == ["broker", "worker1", "calc@worker1", "reports@worker1",
+    assert [line.split()[0] for line in lines[1:-4]] == ["broker", "worker1", "calc@worker1", "reports@worker1",
                                                         "worker2", "celery@worker2"]
-    assert lines[-1].startswith("HEALTHY: 3 hosts, 3 nodes")
+    assert [line.split()[:2] for line in lines[-4:-1]] == [["queue", "calc"], ["queue", "celery"], ["queue", "reports"]]
+    assert lines[-1].startswith("HEALTHY: 3 hosts, 3 nodes, 3 queues")
 
 
 def test_status_and_the_fabric_tasks_give_one_row_per_host(fleet):
     code, report = _health(verb="status")
-    assert code == 0 and [row["name"] for row in report["rows"]] == list(HOSTS)
+    assert code == 0 and [row["name"] for row in report["rows"]] == [*HOSTS, "calc", "celery", "reports"]
     assert "2/2 nodes OK" in _rows(report)["worker1"]["facts"]
     for task in ("status", "health"):
         proc = subprocess.run([str(FAB), "-r", "scripts", task, "--inventory", str(SHARED_INVENTORY), "--format",
                                "json"], cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
         assert proc.returncode in (0, 1), proc.stderr  # host metrics may WARN/FAIL on a busy machine
         names = [row["name"] for row in json.loads(proc.stdout)["rows"]]
-        assert names == (list(HOSTS) if task == "status" else
-                         ["broker", "worker1", "calc@worker1", "reports@worker1", "worker2", "celery@worker2"])
+        assert names == ([*HOSTS, "calc", "celery", "reports"] if task == "status" else
+                         ["broker", "worker1", "calc@worker1", "reports@worker1", "worker2", "celery@worker2", "calc",
+                          "celery", "reports"])
 
 
 def test_stopped_celery_service_fails_its_host_and_its_node(fleet):
@@ -166,6 +169,34 @@ def test_queue_dropped_at_runtime_shows_as_drift(fleet, celery_app):
         assert row["status"] == "FAIL" and row["reasons"] == ["queue drift: missing calc"]
     finally:
         celery_app.control.add_consumer("calc", destination=["calc@worker1"], reply=True, timeout=5)
+
+
+def test_a_backlog_on_a_queue_without_consumers_fails_naming_it_until_it_drains(fleet, celery_app):
+    """500 messages on `reports` with its only consumer cancelled: FAIL naming the queue; consumers back, OK."""
+    answer = celery_app.control.cancel_consumer("reports", destination=["reports@worker1"], reply=True, timeout=5)
+    assert answer == [{"reports@worker1": {"ok": "no longer consuming from reports"}}]
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            for _ in range(500):
+                celery_app.send_task("celery_app.tasks.examples.add", (1, 1), queue="reports", producer=producer,
+                                     ignore_result=True)
+        code, report = _health()
+        row = _rows(report)["reports"]
+        assert code == 1 and row["kind"] == "queue" and row["status"] == "FAIL"
+        assert row["reasons"] == ["500 messages ready and no consumer"]
+        text = subprocess.run([str(FLEETCTL), "health", "--inventory", str(SHARED_INVENTORY), *RELAXED], cwd=ROOT,
+                              capture_output=True, text=True, timeout=GUARD).stdout
+        assert any(line.split()[:3] == ["queue", "reports", "FAIL"] for line in text.splitlines()), text
+    finally:
+        celery_app.control.add_consumer("reports", destination=["reports@worker1"], reply=True, timeout=5)
+    deadline = time.monotonic() + SETTLE
+    while True:  # the node drains the backlog
+        code, report = _health()
+        row = _rows(report)["reports"]
+        if row["facts"] == ["0 messages ready, 1 consumer"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert code == 0 and row["status"] == "OK" and row["facts"] == ["0 messages ready, 1 consumer"], row
 
 
 def test_node_the_inventory_does_not_know_is_flagged(fleet):

@@ -108,6 +108,37 @@ def test_queue_options_are_shown_and_a_node_declaring_them_otherwise_fails():
                                      "None declared"
 
 
+@pytest.mark.parametrize("depth, status, codes", [
+    ({"ready": 0, "consumers": 2}, "OK", ()),
+    ({"ready": 999, "consumers": 1}, "OK", ()),
+    ({"ready": 1000, "consumers": 1}, "WARN", ("queue_backlog",)),
+    ({"ready": 10000, "consumers": 1}, "FAIL", ("queue_backlog",)),
+    ({"ready": 500, "consumers": 0}, "FAIL", ("queue_unconsumed",)),
+    ({"ready": 0, "consumers": 0}, "OK", ()),
+    (None, "WARN", ("queue_undeclared",)),
+])
+def test_queue_rows_judge_backlog_and_a_queue_nobody_consumes(depth, status, codes):
+    view = CeleryView(depths={"calc": depth})
+    row = verdict.queue_row("calc", depth, view, Thresholds())
+    assert (row.kind, row.status, row.codes) == ("queue", status, codes)
+
+
+def test_every_inventory_queue_gets_a_row_after_the_hosts_and_the_table_names_it():
+    depths = {"calc": {"ready": 500, "consumers": 0}, "celery": {"ready": 3, "consumers": 2}}
+    view = CeleryView(pings=_healthy_view().pings, queues=_healthy_view().queues, depths=depths)
+    report = Report("inv", verdict.evaluate(FLEET, _healthy_probes(), view, LENIENT, 30.0))
+    queues = [row for row in report.rows if row.kind == "queue"]
+    assert [(row.name, row.status) for row in queues] == [("calc", "FAIL"), ("celery", "OK"), ("reports", "WARN")]
+    assert report.rows[-3:] == tuple(queues) and not report.healthy
+    text = render.render_text(report)
+    assert "queue calc     FAIL    500 messages ready and no consumer" in text
+    assert "queue celery   OK      3 messages ready, 2 consumers" in text
+    assert "queue reports  WARN    no answer from the broker within 2 s" in text
+    assert ", 3 queues: " in text.splitlines()[-1]
+    assert [row.name for row in report.summarized().rows if row.kind == "queue"] == ["calc", "celery", "reports"]
+    assert not any(row.kind == "queue" for row in verdict.evaluate(FLEET, _healthy_probes(), _healthy_view()))
+
+
 def test_expected_queues_are_the_node_queues_then_the_broadcast_queues():
     node = fleet.Node("calc", "w1", ("calc", "broadcast"), 2)
     assert verdict.expected_queues(node, ("broadcast", "urgent")) == ("calc", "broadcast", "urgent")

@@ -58,6 +58,27 @@ def _figures(times: list[float]) -> str:
     return f"{statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f})"
 
 
+def _queue_section_rows(fleet: fleet_model.Fleet) -> list[tuple[str, str]]:
+    """The broker side of health (ping, active_queues) with the queue depths next to without, same fleet."""
+    from fleetctl.health.verdict import fleet_queues
+    from fleetctl.remote.control import inspect_nodes
+
+    queues = fleet_queues(fleet)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(RUNS):
+        for with_queues in (False, True):
+            started = time.monotonic()
+            view = inspect_nodes(fleet.broker_url, fleet.node_names, 2.0, 3.0, started + 5,
+                                 queues if with_queues else ())
+            times[with_queues].append(time.monotonic() - started)
+            if view.error:
+                raise BenchError(f"bench: the broker did not answer: {view.error}")
+    without, with_ = statistics.median(times[False]), statistics.median(times[True])
+    return [(f"health broker checks without the queue section, median of {RUNS}", _figures(times[False])),
+            (f"  with the queue section ({len(queues)} queues)",
+             f"{_figures(times[True])}; {with_ - without:+.3f} s (target <= +0.1 s)")]
+
+
 def bench_health() -> list[tuple[str, str]]:
     """Median wall time of `fleetctl health` and `make health` (healthy 3-host sandbox) next to a stock ping."""
     deploy_default_fleet()
@@ -73,6 +94,7 @@ def bench_health() -> list[tuple[str, str]]:
     rows.append((f"stock inspect ping on {PING_HOST}, median of {RUNS}", _figures(ping_times)))
     ratio = medians["fleetctl health"] / statistics.median(ping_times)
     rows.append(("fleetctl health / stock inspect ping", f"{ratio:.2f}x"))
+    rows += _queue_section_rows(fleet_model.load_fleet(INVENTORY))
     help_times, _ = _time([str(VENV_BIN / "fleetctl"), "--help"], RUNS, (0,))
     rows.append((f"fleetctl --help start-up, median of {RUNS}", _figures(help_times)))
     return rows

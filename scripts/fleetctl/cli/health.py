@@ -19,7 +19,9 @@ broker (returning as soon as every one answered).
 A host is DOWN when SSH cannot reach it, FAIL when a unit its role needs is not active, beat runs where
 it should not, the heartbeat is stale, or a metric passes its fail threshold (WARN: its warn threshold).
 A node FAILs when it does not answer ping, consumes other queues than its inventory queues plus the
-broadcast queues, or runs more than once.
+broadcast queues, or runs more than once. Each inventory queue is asked of the broker passively
+(messages ready, consumers; no management API): it WARNs or FAILs at --queue-warn/--queue-fail
+messages ready, and FAILs when it holds messages and no node consumes it.
 
 exit status: 0 healthy (only OK and WARN), 1 unhealthy (a FAIL or DOWN), 2 usage error,
 3 broker or inventory unavailable, 130 interrupted"""
@@ -48,6 +50,9 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
         for level, default in zip(("warn", "fail"), getattr(defaults, name)):
             limits.add_argument(f"--{name}-{level}", dest=f"{name}_{level}", type=positive, default=default,
                                 metavar="N", help=f"{unit} (default %(default)g)")
+    for level, default in zip(("warn", "fail"), defaults.queue):
+        limits.add_argument(f"--queue-{level}", dest=f"queue_{level}", type=positive, default=default, metavar="N",
+                            help="messages ready on an inventory queue (default %(default)g)")
     limits.add_argument("--heartbeat-periods", type=positive, default=defaults.heartbeat_periods, metavar="N",
                         help="a heartbeat older than this many beat periods fails (default %(default)g)")
 
@@ -55,7 +60,7 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
 def thresholds_from(options: argparse.Namespace) -> Thresholds:
     """The Thresholds the command line asks for; UsageError when a warn level exceeds its fail level."""
     limits = {name: (getattr(options, f"{name}_warn"), getattr(options, f"{name}_fail"))
-              for name in ("load", "memory", "disk")}
+              for name in ("load", "memory", "disk", "queue")}
     for name, (warn, fail) in limits.items():
         if warn > fail:
             raise UsageError(f"--{name}-warn must not exceed --{name}-fail")

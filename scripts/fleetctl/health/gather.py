@@ -16,7 +16,7 @@ from fleetctl.health.model import (
     Report,
     Thresholds,
 )
-from fleetctl.health.verdict import beat_period, checked_hosts, evaluate
+from fleetctl.health.verdict import beat_period, checked_hosts, evaluate, fleet_queues
 from fleetctl.inventory import Fleet, Host
 from fleetctl.remote.control import CeleryView, inspect_nodes
 from fleetctl.remote.ssh import RunResult, run_on_hosts
@@ -83,7 +83,9 @@ def check(fleet: Fleet, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     import celery.app.control  # noqa: F401
 
     period = app_beat_period() if period is None else period
-    celery = Background(lambda: inspect_nodes(broker_url, fleet.node_names, ping_timeout, connect_timeout, deadline))
+    queues = fleet_queues(fleet)
+    celery = Background(lambda: inspect_nodes(broker_url, fleet.node_names, ping_timeout, connect_timeout, deadline,
+                                              queues))
     view = celery.result(deadline + 0.5, default=CeleryView(timeout=ping_timeout,
                                                             error=f"no answer within {bound:g} s"))
     probes = ssh.result(deadline + 0.5, default={})

@@ -9,7 +9,7 @@ from fleetctl.remote.control import CeleryView
 
 OK, WARN, FAIL, DOWN = "OK", "WARN", "FAIL", "DOWN"
 STATUSES = (OK, WARN, FAIL, DOWN)  # in order of gravity
-HOST, NODE = "host", "node"
+HOST, NODE, QUEUE = "host", "node", "queue"
 WORKER_UNIT, BEAT_UNIT, BROKER_UNIT = "celery.service", "celerybeat.service", "rabbitmq-server.service"
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_PING_TIMEOUT = 2.0
@@ -33,6 +33,7 @@ class Thresholds:
     load: tuple[float, float] = (1.5, 3.0)
     memory: tuple[float, float] = (85.0, 95.0)
     disk: tuple[float, float] = (80.0, 90.0)
+    queue: tuple[float, float] = (1000.0, 10000.0)  # messages ready on an inventory queue
     heartbeat_periods: float = 2.0  # a heartbeat older than this many beat periods fails
 
 
@@ -105,4 +106,5 @@ class Report:
                 findings.append(Finding(OK, "nodes_ok", {"ok": len(nodes) - len(bad), "nodes": len(nodes)}))
             rows.append(Row(HOST, row.name, row.host, worst([row.status, *(r.status for r in nodes)]),
                             tuple(findings), row.metrics))
+        rows += [row for row in self.rows if row.kind == QUEUE]  # queues belong to no host: kept as they are
         return Report(self.inventory, tuple(rows), self.elapsed, self.bound, summary=True)

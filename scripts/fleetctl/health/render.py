@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from fleetctl.health.model import HOST, NODE, OK, STATUSES, Finding, Report, Row
+from fleetctl.health.model import HOST, NODE, OK, QUEUE, STATUSES, Finding, Report, Row
 
 
 def _units(units: Iterable[str]) -> str:
@@ -91,6 +91,11 @@ WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "queue_drift": _drift,
     "queues": lambda p: "queues " + (", ".join(f"{q} ({p['options'][q]})" if p.get("options", {}).get(q) else q
                                                for q in p["queues"]) or "none"),
+    "queue_depth": lambda p: f"{_count(p['ready'], 'message')} ready, {_count(p['consumers'], 'consumer')}",
+    "queue_backlog": lambda p: f"backlog: {p['ready']} messages ready (>= {p['limit']:g})",
+    "queue_unconsumed": lambda p: f"{_count(p['ready'], 'message')} ready and no consumer",
+    "queue_undeclared": lambda p: "not declared on the broker (no node has consumed it since the broker started)",
+    "queue_unanswered": lambda p: f"no answer from the broker within {p['timeout']:g} s",
     "queue_options_drift": lambda p: (f"queue {p['queue']} declared otherwise than the inventory: " + "; ".join(
         f"{key} {wanted!r} wanted, {got!r} declared" for key, (wanted, got) in p["differs"].items())),
     "node_duplicate": lambda p: (f"{len(p['processes'])} worker processes named {p['node']} "
@@ -139,7 +144,8 @@ def render_text(report: Report, paint: Callable[[str, int], str] = _plain_status
 
     ``paint(status, width)`` writes a status word (the CLI colours it on a terminal).
     """
-    names = [row.name if row.kind == HOST else f"  {row.name}" for row in report.rows]
+    names = [row.name if row.kind == HOST else f"queue {row.name}" if row.kind == QUEUE else f"  {row.name}"
+             for row in report.rows]
     title = "HOST" if report.summary else "HOST / NODE"
     width = max([len(title), *map(len, names)])
     lines = [f"{title:<{width}}  STATUS  DETAIL"]
@@ -148,8 +154,10 @@ def render_text(report: Report, paint: Callable[[str, int], str] = _plain_status
     counts = {status: sum(row.status == status for row in report.rows) for status in STATUSES}
     hosts = sum(row.kind == HOST for row in report.rows)
     nodes = sum(row.kind == NODE for row in report.rows)
+    queues = sum(row.kind == QUEUE for row in report.rows)
     tally = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
-    what = _count(hosts, "host") + ("" if report.summary else f", {_count(nodes, 'node')}")
+    what = _count(hosts, "host") + ("" if report.summary else f", {_count(nodes, 'node')}") + (
+        f", {_count(queues, 'queue')}" if queues else "")
     verdict = "HEALTHY" if report.healthy else "UNHEALTHY"
     lines.append(f"{verdict}: {what}: {tally} (checks took {report.elapsed:.1f} s, bound {report.bound:g} s)")
     return "\n".join(lines)

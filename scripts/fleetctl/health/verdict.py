@@ -14,6 +14,7 @@ from fleetctl.health.model import (
     HOST,
     NODE,
     OK,
+    QUEUE,
     WARN,
     WORKER_UNIT,
     CeleryView,
@@ -315,6 +316,28 @@ def fleet_heartbeat(fleet: Fleet, probes: Mapping[str, Probe], thresholds: Thres
     return heartbeat_verdict(newest_heartbeat(fleet, probes), beat_up_for, period, thresholds.heartbeat_periods)
 
 
+def fleet_queues(fleet: Fleet) -> tuple[str, ...]:
+    """The task queues the inventory's nodes consume (in scope), in inventory order; broadcast ones left out."""
+    return tuple(dict.fromkeys(queue for node in fleet.nodes for queue in node.queues))
+
+
+def queue_row(name: str, depth: Mapping[str, Any] | None, view: CeleryView, thresholds: Thresholds) -> Row:
+    """The verdict on one inventory queue as the broker holds it: its backlog, and whether anyone consumes it."""
+    if name not in (view.depths or {}):
+        return Row(QUEUE, name, "", WARN, (Finding(WARN, "queue_unanswered", {"timeout": view.timeout}),))
+    if depth is None:
+        return Row(QUEUE, name, "", WARN, (Finding(WARN, "queue_undeclared", {}),))
+    ready, consumers = depth["ready"], depth["consumers"]
+    findings = [Finding(OK, "queue_depth", {"ready": ready, "consumers": consumers})]
+    status = grade(ready, *thresholds.queue)
+    if status != OK:
+        limit = thresholds.queue[status == FAIL]
+        findings.insert(0, Finding(status, "queue_backlog", {"ready": ready, "limit": limit}))
+    if ready and not consumers:
+        findings.insert(0, Finding(FAIL, "queue_unconsumed", {"ready": ready}))
+    return Row(QUEUE, name, "", worst(f.status for f in findings), tuple(findings))
+
+
 def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
              thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD,
              rolling: bool = False) -> tuple[Row, ...]:
@@ -331,4 +354,6 @@ def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
         rows += unexpected_rows(host, probe, fleet)
     if view.error and fleet.broker_host is None and fleet.selected is None:
         rows.append(Row(HOST, "broker", "broker", FAIL, (Finding(FAIL, "broker_unreachable", {"error": view.error}),)))
+    if view.depths is not None and not view.error:  # asked, and the broker answered
+        rows += [queue_row(name, view.depths.get(name), view, thresholds) for name in fleet_queues(fleet)]
     return tuple(rows)

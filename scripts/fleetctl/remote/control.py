@@ -1,6 +1,7 @@
 """Celery remote control of the fleet's nodes through its broker: connect, inspect, cancel and add consumers."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,9 @@ class CeleryView:
     queues: Mapping[str, Any] = field(default_factory=dict)
     timeout: float = 2.0
     error: str | None = None
+    # queue -> {"ready": messages ready, "consumers": n} as the broker holds it (None: not declared there);
+    # None: the queues were not asked for.
+    depths: Mapping[str, Any] | None = None
 
 
 def control_app(broker_url: str, connect_timeout: float, name: str = "fleetctl") -> Any:
@@ -66,10 +70,32 @@ def consumer_command(app: Any, conn: Any, command: str, queue: str, targets: Seq
     return [node for reply in replies for node, answer in reply.items() if "ok" in (answer or {})]
 
 
+def queue_depths(conn: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Messages ready and consumers of each queue, asked of the broker passively (declares nothing)."""
+    from amqp.exceptions import NotFound
+
+    depths: dict[str, Any] = {}
+    channel = conn.channel()
+    try:
+        for name in names:
+            try:
+                _, ready, consumers = channel.queue_declare(queue=name, passive=True)
+            except NotFound:  # the broker closes the channel: the next queue needs another
+                depths[name] = None
+                channel = conn.channel()
+                continue
+            depths[name] = {"ready": ready, "consumers": consumers}
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+    return depths
+
+
 def inspect_nodes(broker_url: str, nodes: Sequence[str], ping_timeout: float, connect_timeout: float,
-                  deadline: float) -> CeleryView:
-    """ping and active_queues of the inventory's nodes, concurrently; each returns once all nodes answered."""
-    if not nodes:
+                  deadline: float, queues: Sequence[str] = ()) -> CeleryView:
+    """ping and active_queues of the inventory's nodes, and the depth of its queues, concurrently; each
+    returns once all nodes answered."""
+    if not nodes and not queues:
         return CeleryView(timeout=ping_timeout)
     app = control_app(broker_url, connect_timeout, "fleet-health")
     connected = threading.Event()
@@ -82,13 +108,22 @@ def inspect_nodes(broker_url: str, nodes: Sequence[str], ping_timeout: float, co
             connected.set()
             return inspect(app, conn, nodes, method, ping_timeout)
 
+    def depths() -> dict[str, Any]:
+        with app.connection_for_write(connect_timeout=connect_timeout) as conn:
+            _connect_once(conn)
+            connected.set()
+            return queue_depths(conn, queues)
+
     try:
-        pings = Background(functools.partial(ask, "ping"))
-        queues = Background(functools.partial(ask, "active_queues"))
-        ping_answers = pings.result(deadline)
-        queue_answers = queues.result(deadline)
+        pings = Background(functools.partial(ask, "ping")) if nodes else None
+        answers = Background(functools.partial(ask, "active_queues")) if nodes else None
+        depth = Background(depths) if queues else None
+        ping_answers = pings.result(deadline) if pings else {}
+        queue_answers = answers.result(deadline) if answers else {}
+        depth_answers = depth.result(deadline, default={}) if depth else None
     except Exception as exc:  # noqa: BLE001 - any broker failure is reported, not raised
         return CeleryView(timeout=ping_timeout, error=redact(f"{type(exc).__name__}: {exc}")[:300])
     if not connected.is_set():
         return CeleryView(timeout=ping_timeout, error=f"no connection within {connect_timeout:g} s")
-    return CeleryView(pings=ping_answers or {}, queues=queue_answers or {}, timeout=ping_timeout)
+    return CeleryView(pings=ping_answers or {}, queues=queue_answers or {}, timeout=ping_timeout,
+                      depths=depth_answers)
