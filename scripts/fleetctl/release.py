@@ -311,12 +311,18 @@ def build_root(inventory: Path) -> Path:
     return CACHE_DIR / "releases" / Path(inventory).resolve().parent.name
 
 
+_BUILD_LEFTOVERS = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", ".venv", ".tox")
+
+
 def app_wheel(config: AppConfig, directory: Path) -> Path:
     """The app as a wheel in directory (built from a project or sdist; a wheel is copied)."""
     directory.mkdir(parents=True, exist_ok=True)
     if config.source.is_file() and config.source.suffix == ".whl":
         return Path(shutil.copy2(config.source, directory / config.source.name))
-    done = _pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", str(directory), str(config.source)])
+    source = config.source
+    if source.is_dir():  # built from a copy: nothing lands in the operator's tree, no stale build/ is reused
+        source = Path(shutil.copytree(source, directory.parent / "source", ignore=_BUILD_LEFTOVERS))
+    done = _pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", str(directory), str(source)])
     wheels = sorted(directory.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         raise ReleaseError(f"celery_worker_app_source {config.source}: the project does not build:\n{_tail(done)}")

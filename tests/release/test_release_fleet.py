@@ -24,6 +24,9 @@ from support.release import app_inventory, sample_app
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "release-fleet" / "hosts.yml"
 W1, W2 = "rl-w1", "rl-w2"
 QUOTE = "shipyard.tasks.quote"
+# Host metrics are not what these tests judge (the machine may be busy with other fleets).
+RELAXED = ("--load-warn", "50", "--load-fail", "100", "--memory-warn", "99", "--memory-fail", "100",
+           "--disk-warn", "99", "--disk-fail", "100")
 SEND = ("import json, sys\nfrom celery_app.loader import app\n"
         "results = [app.send_task(%r, args=[1200000]) for _ in range(int(sys.argv[1]))]\n"
         "print(json.dumps([r.get(timeout=60) for r in results]))\n" % QUOTE)
@@ -113,7 +116,7 @@ def test_broadcast_still_answers_from_every_node(work, v1):
 
 def _health_rows() -> tuple[int, dict[str, dict]]:
     proc = subprocess.run([str(ROOT / ".venv" / "bin" / "fleetctl"), "health", "--inventory", str(SANDBOX_INVENTORY),
-                           "--format", "json"], cwd=ROOT, text=True, capture_output=True, timeout=120)
+                           "--format", "json", *RELAXED], cwd=ROOT, text=True, capture_output=True, timeout=120)
     return proc.returncode, {row["name"]: row for row in json.loads(proc.stdout)["rows"]}
 
 
@@ -125,7 +128,7 @@ def test_health_is_ok_with_the_heartbeat(v1):
         if (code == 0 and "heartbeat" in beat) or time.monotonic() > deadline:
             break
         time.sleep(5)
-    assert code == 0 and "heartbeat" in beat, rows
+    assert code == 0 and "heartbeat" in beat, {name: row["reasons"] for name, row in rows.items()}
     for name in (W1, W2):  # each host's release, shown
         assert {"status": "OK", "code": "release", "params": {"release": v1}} in rows[name]["findings"], rows[name]
 
