@@ -86,7 +86,9 @@ def bench_health() -> list[tuple[str, str]]:
     rows = []
     medians = {}
     for label, command in COMMANDS.items():
-        times, codes = _time(command, RUNS)
+        # An unhealthy verdict (a loaded machine's load, a beat just started) is still a timed run: make
+        # exits 2 when fleetctl exits 1.
+        times, codes = _time(command, RUNS, (0, 1, 2) if command[0] == "make" else (0, 1))
         medians[label] = statistics.median(times)
         rows.append((f"{label}, 3-host sandbox, median of {RUNS}",
                      f"{_figures(times)}; exit {','.join(map(str, codes))}; target <= 0.62 s (before fleetctl)"))
