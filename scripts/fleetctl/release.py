@@ -330,10 +330,11 @@ def app_wheel(config: AppConfig, directory: Path) -> Path:
 
 
 def source_digest(app: Path, fleet: Path, config: AppConfig) -> str:
-    """What a release is made of: the two wheels' contents, the requirements, the redis extra."""
+    """What a release is made of: the two wheels' contents, the requirements, the redis extra, the -A value
+    (checked to import when the release is built)."""
     digest = hashlib.sha256()
     for part in (wheel_digest(app), wheel_digest(fleet), config.requirements.read_text() if config.requirements else "",
-                 "redis" if config.redis else ""):
+                 "redis" if config.redis else "", config.app):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()
 
@@ -658,6 +659,8 @@ def roll_out(fleet: Fleet, config: AppConfig, *, inventory: str, version: str | 
              on_event: Listener | None = None) -> Outcome:
     """Build (or, rolling back, find) the release and roll it out host by host; stop at the first failed gate."""
     emit = on_event or (lambda event: None)
+    if version:  # refused before any host is reached
+        check_release_id(version, "TO" if rollback else "VERSION")
     started = time.monotonic()
     root = build_root(Path(inventory))
     workers = fleet.workers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -71,6 +72,8 @@ def _releases_seen(host: str, wanted: set[str], tries: int = 6) -> set[tuple[str
 def work(sandbox_fleet, tmp_path_factory):
     """The module's directory: the sample app (rewritten per release) and the inventory that deploys it."""
     base = tmp_path_factory.mktemp("release")
+    # Release ids v2, v3 name this run's content: builds of earlier runs (other code) are dropped.
+    shutil.rmtree(ROOT / ".cache" / "releases" / SANDBOX_INVENTORY.parent.name, ignore_errors=True)
     app = sample_app(base, "v1")
     return {"base": base, "app": app, "inventory": app_inventory(base / "inventory", SANDBOX_INVENTORY, app)}
 
@@ -191,3 +194,30 @@ def test_a_second_release_of_an_unchanged_app_changes_nothing(work, v1):
     again = deploy(work["inventory"])
     assert again.returncode == 0, again.stdout[-4000:]
     assert all(counts["changed"] == 0 for counts in recap(again.stdout).values()), again.stdout[-3000:]
+
+
+def _host_states() -> dict[str, tuple[str, str]]:
+    return {name: (_current(name), _ssh(name, "cat /run/celery/*.pid").stdout) for name in (W1, W2)}
+
+
+def test_a_project_that_does_not_build_stops_the_deploy_before_any_host_changes(work, v1):
+    app = sample_app(work["base"], "v1")
+    (app / "pyproject.toml").write_text("[project\nname = 'broken'\n")
+    before = _host_states()
+    proc = deploy(work["inventory"])
+    assert proc.returncode != 0
+    assert "the project does not build" in proc.stdout, proc.stdout[-4000:]
+    assert "Broker, result backend and workers are installed" not in proc.stdout
+    assert _host_states() == before
+
+
+def test_an_app_that_does_not_import_stops_the_deploy_before_any_host_changes(work, v1):
+    app = sample_app(work["base"], "v1")
+    inventory = app_inventory(work["base"] / "missing-app", SANDBOX_INVENTORY, app,
+                              celery_worker_app="shipyard.missing:app")
+    before = _host_states()
+    proc = deploy(inventory)
+    assert proc.returncode != 0
+    assert "celery_worker_app 'shipyard.missing:app' does not import in the built release" in proc.stdout, \
+        proc.stdout[-4000:]
+    assert _host_states() == before

@@ -127,3 +127,13 @@ def test_health_shows_each_hosts_release_and_warns_on_drift_only_when_no_rollout
     assert describe(drift[0]) == "release v2 while w2 runs v1 (no rollout running)"
     assert [f.code for f in release_findings(w1, {"w1": "v2", "w2": "v1"}, rolling=True)] == ["release"]
     assert release_findings(w1, {}) == []  # the bundled app: no release
+
+
+def test_a_release_is_its_content_and_its_app_entry_point(tmp_path):
+    from fleetctl.release import source_digest
+
+    wheel = write_fleet_wheel(tmp_path)
+    shop = AppConfig(source=tmp_path, app="shop.celery:app")
+    assert source_digest(wheel, wheel, shop) == source_digest(wheel, wheel, AppConfig(source=tmp_path,
+                                                                                      app="shop.celery:app"))
+    assert source_digest(wheel, wheel, shop) != source_digest(wheel, wheel, AppConfig(source=tmp_path, app="shop"))
