@@ -10,7 +10,6 @@ from fleetctl.errors import UsageError
 from fleetctl.paths import ANSIBLE_CONFIG, REPO_ROOT, SANDBOX_INVENTORY
 
 PLAYBOOK = REPO_ROOT / "playbooks" / "site.yml"
-CHECK_OFF = ("", "0", "no", "false")
 
 
 def is_sandbox(inventory: str | os.PathLike) -> bool:

@@ -21,7 +21,7 @@ def test_depths_count_messages_ready_and_consumers_and_a_missing_queue_is_none(b
         try:
             depths = queue_depths(conn, [missing, name, missing + "2"])
             assert depths == {missing: None, name: {"ready": 2, "consumers": 0}, missing + "2": None}
-            row = queue_row(name, depths[name], CeleryView(depths=depths), Thresholds())
+            row = queue_row(name, CeleryView(depths=depths), Thresholds())
             assert row.status == FAIL and row.codes == ("queue_unconsumed",)
 
             with conn.channel() as channel:
@@ -40,5 +40,5 @@ def test_health_view_carries_the_depths_of_the_queues_it_was_asked(broker_url):
     name = f"depth-{uuid.uuid4().hex[:8]}"
     view = inspect_nodes(broker_url, [], 1.0, 3.0, time.monotonic() + 5, queues=[name])
     assert view.error is None and view.depths == {name: None}
-    row = queue_row(name, None, view, Thresholds())
+    row = queue_row(name, view, Thresholds())
     assert row.status != OK and row.codes == ("queue_undeclared",)

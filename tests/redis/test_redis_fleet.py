@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.deploy import ROOT, deploy, inventory_hostvars, recap, write_inventory
+from support.deploy import ROOT, deploy, fingerprint, inventory_hostvars, recap, write_inventory
 
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "redis-fleet" / "hosts.yml"
 BROKER, REDIS, W1, W2 = "rd-broker", "rd-redis", "rd-w1", "rd-w2"
@@ -231,7 +231,7 @@ def test_a_changed_max_priority_of_an_existing_queue_is_refused_before_any_host_
     nodes = workers["hosts"][W2]["celery_worker_nodes"]
     nodes[1]["queues"] = [{"name": "urgent", "max_priority": 5}]
     variant = write_inventory(tmp_path, document, SANDBOX_INVENTORY)
-    before = _fleet_fingerprint()
+    before = fingerprint([BROKER, W1, W2], SANDBOX_INVENTORY)
 
     done = deploy(variant)
 
@@ -240,13 +240,7 @@ def test_a_changed_max_priority_of_an_existing_queue_is_refused_before_any_host_
             f"max_priority 5 (node urgent@{W2})") in done.stdout, done.stdout[-3000:]
     assert "rabbitmqctl delete_queue -p celery urgent" in done.stdout
     assert all(r["changed"] == 0 for r in recap(done.stdout).values()), done.stdout[-3000:]
-    assert _fleet_fingerprint() == before
-
-
-def _fleet_fingerprint() -> dict[str, str]:
-    return {name: _ssh(name, "sha256sum /etc/conf.d/celery /etc/systemd/system/celery*.service; "
-                             "systemctl show -p InvocationID 'celery@*.service' rabbitmq-server.service")
-            for name in (BROKER, W1, W2)}
+    assert fingerprint([BROKER, W1, W2], SANDBOX_INVENTORY) == before
 
 
 def test_redis_stopped_fails_health_naming_the_redis_host_and_workers_keep_consuming(fleet):

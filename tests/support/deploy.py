@@ -88,9 +88,9 @@ def host(name: str, inventory: Path = SANDBOX_INVENTORY):
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
 
 
-def fingerprint(names: list[str]) -> dict[str, str]:
+def fingerprint(names: list[str], inventory: Path = SANDBOX_INVENTORY) -> dict[str, str]:
     """host -> checksums of the files the deploy writes and the start time of its services."""
-    return {name: host(name).run(_FINGERPRINT).stdout for name in names}
+    return {name: host(name, inventory).run(_FINGERPRINT).stdout for name in names}
 
 
 def active_queues(worker, nodes: list[str]) -> dict[str, set[str]]:

@@ -119,7 +119,7 @@ def test_queue_options_are_shown_and_a_node_declaring_them_otherwise_fails():
 ])
 def test_queue_rows_judge_backlog_and_a_queue_nobody_consumes(depth, status, codes):
     view = CeleryView(depths={"calc": depth})
-    row = verdict.queue_row("calc", depth, view, Thresholds())
+    row = verdict.queue_row("calc", view, Thresholds())
     assert (row.kind, row.status, row.codes) == ("queue", status, codes)
 
 

@@ -321,10 +321,11 @@ def fleet_queues(fleet: Fleet) -> tuple[str, ...]:
     return tuple(dict.fromkeys(queue for node in fleet.nodes for queue in node.queues))
 
 
-def queue_row(name: str, depth: Mapping[str, Any] | None, view: CeleryView, thresholds: Thresholds) -> Row:
+def queue_row(name: str, view: CeleryView, thresholds: Thresholds) -> Row:
     """The verdict on one inventory queue as the broker holds it: its backlog, and whether anyone consumes it."""
     if name not in (view.depths or {}):
         return Row(QUEUE, name, "", WARN, (Finding(WARN, "queue_unanswered", {"timeout": view.timeout}),))
+    depth = view.depths[name]
     if depth is None:
         return Row(QUEUE, name, "", WARN, (Finding(WARN, "queue_undeclared", {}),))
     ready, consumers = depth["ready"], depth["consumers"]
@@ -355,5 +356,5 @@ def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
     if view.error and fleet.broker_host is None and fleet.selected is None:
         rows.append(Row(HOST, "broker", "broker", FAIL, (Finding(FAIL, "broker_unreachable", {"error": view.error}),)))
     if view.depths is not None and not view.error:  # asked, and the broker answered
-        rows += [queue_row(name, view.depths.get(name), view, thresholds) for name in fleet_queues(fleet)]
+        rows += [queue_row(name, view, thresholds) for name in fleet_queues(fleet)]
     return tuple(rows)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,22 +101,20 @@ def inspect_nodes(broker_url: str, nodes: Sequence[str], ping_timeout: float, co
     with app.connection_for_write() as conn:
         conn.transport  # noqa: B018 - imports the transport here, not in both threads below at once
 
-    def ask(method: str) -> dict[str, Any]:
+    def on_connection(call: Any) -> dict[str, Any]:
+        """call(conn) on a connection of its own (each question runs in its own thread)."""
         with app.connection_for_write(connect_timeout=connect_timeout) as conn:
             _connect_once(conn)
             connected.set()
-            return inspect(app, conn, nodes, method, ping_timeout)
+            return call(conn)
 
-    def depths() -> dict[str, Any]:
-        with app.connection_for_write(connect_timeout=connect_timeout) as conn:
-            _connect_once(conn)
-            connected.set()
-            return queue_depths(conn, queues)
+    def ask(method: str) -> Background:
+        return Background(lambda: on_connection(lambda conn: inspect(app, conn, nodes, method, ping_timeout)))
 
     try:
-        pings = Background(functools.partial(ask, "ping")) if nodes else None
-        answers = Background(functools.partial(ask, "active_queues")) if nodes else None
-        depth = Background(depths) if queues else None
+        pings = ask("ping") if nodes else None
+        answers = ask("active_queues") if nodes else None
+        depth = Background(lambda: on_connection(lambda conn: queue_depths(conn, queues))) if queues else None
         ping_answers = pings.result(deadline) if pings else {}
         queue_answers = answers.result(deadline) if answers else {}
         depth_answers = depth.result(deadline, default={}) if depth else None
