@@ -12,12 +12,15 @@ copied and installed with ``pip --no-index`` into ``/opt/celery/releases/<id>/ve
 ``/opt/celery/current`` switches atomically (``previous`` keeps the release it replaced), the host's
 nodes are drained and restarted (``fleetctl.restart``), and the gate runs: every node answers ping with
 its queues, and the smoke task (``celery_worker_app_smoke_task``) succeeds on the host. A host that
-fails its gate is switched back, restarted and verified; the rollout stops there. Progress goes to
-``on_event``; nothing here prints.
+fails its gate is switched back, restarted and verified; the rollout stops there. Hosts that have no
+release yet (a fresh host: its nodes cannot run, so it serves nothing) go first, all at once, with no
+drain; the hosts that serve follow one at a time, and none of them is touched when a fresh host
+fails. Progress goes to ``on_event``; nothing here prints.
 """
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -28,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -554,33 +558,46 @@ class Timeouts:
     verify: float = restarts.DEFAULT_VERIFY_TIMEOUT
 
 
-def _restart_and_gate(fleet: Fleet, host: Host, config: AppConfig, timeouts: Timeouts, inventory: str,
-                      emit: Listener) -> tuple[bool, str, str, float, float]:
-    """Drained restart of host (and its beat), then the gate; (ok, code, detail, restart s, gate s)."""
+Gate = tuple[bool, str, str, float, float]  # ok, code, detail, restart s, gate s
+
+
+def _restart_and_gate(fleet: Fleet, hosts: Sequence[Host], config: AppConfig, timeouts: Timeouts, inventory: str,
+                      emit: Listener, drain: bool = True) -> dict[str, Gate]:
+    """Restart of hosts as one batch (drained first unless drain is off) and their beat, then each one's gate."""
     def relay(event: restarts.Event) -> None:
-        emit(Event("restart", host.name, {"step": event.kind, **dict(event.data)}))
+        for name in [event.host] if event.host else [host.name for host in hosts]:
+            emit(Event("restart", name, {"step": event.kind, **dict(event.data or {})}))
 
     started = time.monotonic()
-    outcome = restarts.rolling_restart(fleet.limited([host.name]), serial=1, drain_timeout=timeouts.drain,
-                                      restart_timeout=timeouts.restart, verify_timeout=timeouts.verify,
-                                      connect_timeout=timeouts.connect, inventory=inventory, on_event=relay)
+    outcome = restarts.rolling_restart(fleet.limited([host.name for host in hosts]), serial=len(hosts),
+                                       drain=drain, drain_timeout=timeouts.drain, restart_timeout=timeouts.restart,
+                                       verify_timeout=timeouts.verify, connect_timeout=timeouts.connect,
+                                       inventory=inventory, on_event=relay)
     restarted = time.monotonic() - started
-    if host.is_beat:
-        _run(host, BEAT_RESTART, timeouts.connect, 120)
-    if not outcome.ok:
-        codes = [f.code for result in outcome.hosts for f in result.findings if f.status != restarts.OK]
-        return False, "nodes_unhealthy", ", ".join(codes) or "restart failed", restarted, 0.0
-    gate_started = time.monotonic()
-    if config.smoke_name:
-        ok, text = _run(host, smoke_command(config), timeouts.connect, SMOKE_TIMEOUT + 10)
-        if not ok:
-            return False, "smoke_failed", f"smoke task {config.smoke_name}: {text[-600:]}", restarted, \
-                time.monotonic() - gate_started
-    return True, "", "", restarted, time.monotonic() - gate_started
+    for host in hosts:
+        if host.is_beat:
+            _run(host, BEAT_RESTART, timeouts.connect, 120)
+    gates: dict[str, Gate] = {}
+    for host in hosts:
+        result = next((r for r in outcome.hosts if r.host == host.name), None)
+        if result is None or result.status != restarts.OK:
+            codes = [f.code for f in (result.findings if result else ()) if f.status != restarts.OK]
+            gates[host.name] = (False, "nodes_unhealthy", ", ".join(codes) or "restart failed", restarted, 0.0)
+            continue
+        gate_started = time.monotonic()
+        if config.smoke_name:
+            ok, text = _run(host, smoke_command(config), timeouts.connect, SMOKE_TIMEOUT + 10)
+            if not ok:
+                gates[host.name] = (False, "smoke_failed", f"smoke task {config.smoke_name}: {text[-600:]}",
+                                    restarted, time.monotonic() - gate_started)
+                continue
+        gates[host.name] = (True, "", "", restarted, time.monotonic() - gate_started)
+    return gates
 
 
-def _roll_host(fleet: Fleet, host: Host, state: HostState, build_: Build, config: AppConfig, timeouts: Timeouts,
-               inventory: str, emit: Listener) -> HostRelease:
+def _stage(host: Host, state: HostState, build_: Build, timeouts: Timeouts,
+           emit: Listener) -> tuple[HostRelease | None, float]:
+    """Install the release on host (unless there) and switch to it: (the failure, if any; install seconds)."""
     release = build_.release
     emit(Event("host", host.name, {"before": state.current, "after": release}))
     started = time.monotonic()
@@ -590,13 +607,20 @@ def _roll_host(fleet: Fleet, host: Host, state: HostState, build_: Build, config
                                           "detail": "" if ok else text}))
         if not ok:
             return HostRelease(host.name, FAIL, state.current, state.current, "install_failed", text,
-                               {"install": time.monotonic() - started})
+                               {"install": time.monotonic() - started}), 0.0
     installed = time.monotonic() - started
     ok, text = switch(host, release, state.current if state.current != release else state.previous, timeouts.connect)
     emit(Event("switch", host.name, {"ok": ok, "release": release, "detail": "" if ok else text}))
     if not ok:
-        return HostRelease(host.name, FAIL, state.current, state.current, "switch_failed", text, {"install": installed})
-    ok, code, detail, restarted, gated = _restart_and_gate(fleet, host, config, timeouts, inventory, emit)
+        return HostRelease(host.name, FAIL, state.current, state.current, "switch_failed", text,
+                           {"install": installed}), installed
+    return None, installed
+
+
+def _finish(fleet: Fleet, host: Host, state: HostState, release: str, installed: float, gate: Gate,
+            config: AppConfig, timeouts: Timeouts, inventory: str, emit: Listener) -> HostRelease:
+    """After the gate: prune old releases of a host that passed, switch back one that failed."""
+    ok, code, detail, restarted, gated = gate
     seconds = {"install": round(installed, 3), "restart": round(restarted, 3), "gate": round(gated, 3)}
     emit(Event("gate", host.name, {"ok": ok, "code": code, "detail": detail, "seconds": round(gated, 3)}))
     if ok:
@@ -611,6 +635,35 @@ def _roll_host(fleet: Fleet, host: Host, state: HostState, build_: Build, config
                     HostRelease(host.name, FAIL, state.current, release, code, detail, seconds))
 
 
+def _roll_host(fleet: Fleet, host: Host, state: HostState, build_: Build, config: AppConfig, timeouts: Timeouts,
+               inventory: str, emit: Listener) -> HostRelease:
+    """One host that serves a release: install, switch, drained restart, gate (switched back if it fails)."""
+    failed, installed = _stage(host, state, build_, timeouts, emit)
+    if failed:
+        return failed
+    gate = _restart_and_gate(fleet, [host], config, timeouts, inventory, emit)[host.name]
+    return _finish(fleet, host, state, build_.release, installed, gate, config, timeouts, inventory, emit)
+
+
+def _roll_fresh(fleet: Fleet, hosts: Sequence[Host], states: Mapping[str, HostState], builds: Sequence[Build],
+                config: AppConfig, timeouts: Timeouts, inventory: str, emit: Listener) -> list[HostRelease]:
+    """Hosts without a release (their nodes cannot run, so serve nothing) all at once: no canary, no drain."""
+    lock = threading.Lock()
+
+    def locked(event: Event) -> None:
+        with lock:
+            emit(event)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        staged = list(pool.map(lambda pair: _stage(pair[0], states[pair[0].name], pair[1], timeouts, locked),
+                               zip(hosts, builds)))
+    ready = [host for host, (failed, _) in zip(hosts, staged) if failed is None]
+    gates = _restart_and_gate(fleet, ready, config, timeouts, inventory, emit, drain=False) if ready else {}
+    return [failed or _finish(fleet, host, states[host.name], build_.release, installed, gates[host.name], config,
+                              timeouts, inventory, emit)
+            for host, build_, (failed, installed) in zip(hosts, builds, staged)]
+
+
 def _restore(fleet: Fleet, host: Host, state: HostState, config: AppConfig, timeouts: Timeouts, inventory: str,
              emit: Listener, failed: HostRelease) -> HostRelease:
     """Switch host back to the release it had, restart and verify it; failed, with what the restore did."""
@@ -619,7 +672,7 @@ def _restore(fleet: Fleet, host: Host, state: HostState, config: AppConfig, time
         return replace(failed, after=failed.after, detail=failed.detail + "; no earlier release to go back to")
     ok, text = switch(host, state.current, state.previous, timeouts.connect)
     if ok:
-        ok, _, text, _, _ = _restart_and_gate(fleet, host, config, timeouts, inventory, emit)
+        ok, _, text, _, _ = _restart_and_gate(fleet, [host], config, timeouts, inventory, emit)[host.name]
     emit(Event("restore", host.name, {"ok": ok, "release": state.current, "detail": text}))
     words = f"switched back to {state.current}" + (", healthy" if ok else f", NOT healthy: {text}")
     return replace(failed, after=state.current if ok else failed.after, detail=f"{failed.detail}; {words}")
@@ -705,26 +758,42 @@ def roll_out(fleet: Fleet, config: AppConfig, *, inventory: str, version: str | 
 def _roll_hosts(fleet: Fleet, config: AppConfig, workers: Sequence[Host], states: Mapping[str, HostState],
                 builds: Mapping[str, Build], release: str, root: Path, dry_run: bool, timeouts: Timeouts,
                 inventory: str, emit: Listener, results: list[HostRelease]) -> None:
-    """Each worker host in order (results grows as they go); stop after the first that fails."""
-    for index, host in enumerate(workers):
+    """Hosts without a release first, all at once; then each serving host in order, stopping at the first failure.
+
+    results gets one entry per worker host, in inventory order.
+    """
+    done: dict[str, HostRelease] = {}
+    todo: list[Host] = []
+    for host in workers:
         state = states[host.name]
         if state.current == release:
-            results.append(HostRelease(host.name, UNCHANGED, release, release))
-            continue
-        if dry_run:
-            results.append(HostRelease(host.name, PLANNED, state.current, release,
-                                       detail="would install" if release not in state.releases else "installed"))
+            done[host.name] = HostRelease(host.name, UNCHANGED, release, release)
+        elif dry_run:
+            done[host.name] = HostRelease(host.name, PLANNED, state.current, release,
+                                          detail="would install" if release not in state.releases else "installed")
             emit(Event("host", host.name, {"before": state.current, "after": release, "dry_run": True}))
+        else:
+            todo.append(host)
+
+    def build_for(host: Host) -> Build:
+        python = states[host.name].python
+        return builds.get(python) or built(root, release, python) or Build(release, python, root, root / "missing",
+                                                                           (), False)
+
+    fresh = [host for host in todo if not states[host.name].current]
+    if fresh:
+        for outcome in _roll_fresh(fleet, fresh, states, [build_for(h) for h in fresh], config, timeouts,
+                                   inventory, emit):
+            done[outcome.host] = outcome
+    stopped = any(outcome.status == FAIL for outcome in done.values())
+    for host in (h for h in todo if states[h.name].current):
+        state = states[host.name]
+        if stopped:
+            done[host.name] = HostRelease(host.name, SKIPPED, state.current, state.current, "not_reached")
             continue
-        build_ = builds.get(state.python) or built(root, release, state.python)
-        if build_ is None:
-            build_ = Build(release, state.python, root, root / "missing", (), False)
-        outcome = _roll_host(fleet, host, state, build_, config, timeouts, inventory, emit)
-        results.append(outcome)
-        if outcome.status == FAIL:
-            results += [HostRelease(h.name, SKIPPED, states[h.name].current, states[h.name].current, "not_reached")
-                        for h in workers[index + 1:]]
-            return
+        done[host.name] = _roll_host(fleet, host, state, build_for(host), config, timeouts, inventory, emit)
+        stopped = done[host.name].status == FAIL
+    results += [done[host.name] for host in workers]
 
 
 def load_app_config(fleet: Fleet, inventory: str | os.PathLike) -> AppConfig:

@@ -345,7 +345,7 @@ def _emit_per_host(emit: Listener, kind: str, number: int, batch: Sequence[Host]
 
 
 def _restart_batch(app: Any, fleet: Fleet, batch: tuple[Host, ...], number: int, emit: Listener,
-                   timeouts: Mapping[str, float]) -> list[HostRestart]:
+                   timeouts: Mapping[str, float], drain_first: bool = True) -> list[HostRestart]:
     """Drain, restart and verify one batch; Ctrl-C during it gives the drained queues back first."""
     nodes = [node for host in batch for node in host.nodes]
     emit(Event("batch", number, None, {"hosts": [host.name for host in batch]}))
@@ -359,7 +359,8 @@ def _restart_batch(app: Any, fleet: Fleet, batch: tuple[Host, ...], number: int,
             "queues_cancelled": sum(len(state.cancelled.get(n, ())) for n in host_nodes(h))})
 
     try:
-        drain(app, nodes, fleet.broadcast_queues, timeouts["drain"], drained, cancelled)
+        if drain_first:
+            drain(app, nodes, fleet.broadcast_queues, timeouts["drain"], drained, cancelled)
         _emit_per_host(emit, "drain", number, batch, lambda h: {
             "seconds": round(drained.seconds, 3), "tasks_left": sum(drained.busy.get(n, 0) for n in host_nodes(h)),
             "error": drained.error})
@@ -403,8 +404,11 @@ def _interrupted_words(batch: Sequence[Host], planned: Mapping[str, Sequence[str
 def rolling_restart(fleet: Fleet, *, serial: int = DEFAULT_SERIAL, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
                     restart_timeout: float = DEFAULT_RESTART_TIMEOUT, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
                     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, inventory: str = "",
-                    on_event: Listener | None = None) -> Outcome:
-    """Restart the fleet's worker hosts serial at a time; stop at the first batch that is not healthy after."""
+                    on_event: Listener | None = None, drain: bool = True) -> Outcome:
+    """Restart the fleet's worker hosts serial at a time; stop at the first batch that is not healthy after.
+
+    drain off: hosts whose nodes do not run yet (a first release) are started without asking them first.
+    """
     emit = on_event or (lambda event: None)
     broker_url = fleet.require_broker_url(inventory)
     timeouts = {"drain": drain_timeout, "restart": restart_timeout, "verify": verify_timeout,
@@ -415,7 +419,7 @@ def rolling_restart(fleet: Fleet, *, serial: int = DEFAULT_SERIAL, drain_timeout
     done: list[HostRestart] = []
     plan = batches(fleet.workers, serial)
     for number, batch in enumerate(plan, 1):
-        done += _restart_batch(app, fleet, batch, number, emit, timeouts)
+        done += _restart_batch(app, fleet, batch, number, emit, timeouts, drain)
         if any(host.status == FAIL for host in done):
             done += _skipped(plan, number + 1)
             break
