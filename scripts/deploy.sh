@@ -30,4 +30,5 @@ if [ "$(realpath "$inventory")" = "$(realpath "$sandbox_inventory")" ]; then
 fi
 
 # fleetctl deploy boots the sandbox's hosts (sandbox inventory only) and runs ansible-playbook.
-exec "$venv/bin/fleetctl" deploy "${args[@]}" --ansible-args "${ANSIBLE_ARGS:-}"
+# `=`: ANSIBLE_ARGS may start with a dash (-v, --tags ...), which would read as an option of its own.
+exec "$venv/bin/fleetctl" deploy "${args[@]}" "--ansible-args=${ANSIBLE_ARGS:-}"

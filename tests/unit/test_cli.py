@@ -102,6 +102,14 @@ def test_deploy_passes_limit_check_and_every_ansible_argument_through(tmp_path):
     assert options.check and options.ansible_args == ["--", "--tags", "x"]
 
 
+def test_ansible_args_that_start_with_a_dash_reach_the_playbook_as_make_deploy_passes_them():
+    """scripts/deploy.sh hands ANSIBLE_ARGS over as --ansible-args=TEXT: `-v` is not read as an option."""
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "deploy.sh").read_text()
+    assert '"--ansible-args=${ANSIBLE_ARGS:-}"' in script
+    for text in ("-v", "--tags configure -v"):
+        assert parser().parse_args(["deploy", f"--ansible-args={text}"]).ansible_args_text == text
+
+
 def test_unknown_benchmark_is_a_usage_error():
     code, _, err = _main(["bench", "nonsense"])
     assert code == EXIT_USAGE and "unknown benchmark nonsense" in err
