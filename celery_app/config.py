@@ -14,6 +14,10 @@ broker_use_ssl = _broker_tls_options(_settings)
 result_backend = _settings.result_backend
 # Seconds a result is kept (Redis: the TTL of its key); CELERY_RESULT_EXPIRES, celery_worker_result_expires.
 result_expires = _settings.result_expires
+# Task events (task-sent, -received, -started, -succeeded...) for Flower and other event monitors:
+# on unless CELERY_TASK_EVENTS is 0 (celery_worker_task_events).
+worker_send_task_events = _settings.task_events
+task_send_sent_event = _settings.task_events
 include = [
     "celery_app.tasks.examples",
     "celery_app.tasks.heartbeat",

@@ -19,6 +19,7 @@ DEFAULTS: Mapping[str, str] = {
     "CELERY_BROKER_KEY_FILE": "",
     "CELERY_RESULT_BACKEND": "rpc://",
     "CELERY_RESULT_EXPIRES": "86400",
+    "CELERY_TASK_EVENTS": "1",
     "CELERY_QUEUE_OPTIONS": "{}",
     "CELERY_BROADCAST_QUEUES": "broadcast",
     "CELERY_STATE_DIR": "/var/lib/celery",
@@ -37,6 +38,7 @@ class Settings:
     broker_url: str
     result_backend: str
     result_expires: int
+    task_events: bool  # worker_send_task_events and task_send_sent_event (Flower, event monitors)
     queue_options: Mapping[str, Mapping[str, object]]
     broker_ca_file: str
     broker_cert_file: str
@@ -190,6 +192,7 @@ def settings_from(environ: Mapping[str, str], file_values: Mapping[str, str]) ->
         broker_url=get("CELERY_BROKER_URL"),
         result_backend=get("CELERY_RESULT_BACKEND"),
         result_expires=_seconds(get("CELERY_RESULT_EXPIRES"), DEFAULTS["CELERY_RESULT_EXPIRES"]),
+        task_events=get("CELERY_TASK_EVENTS").lower() not in ("0", "false", "no", "off"),
         queue_options=queue_options(get("CELERY_QUEUE_OPTIONS")),
         broker_ca_file=get("CELERY_BROKER_CA_FILE"),
         broker_cert_file=get("CELERY_BROKER_CERT_FILE"),

@@ -76,3 +76,38 @@ def test_inspect_ping_works_with_only_the_env_file(app, workers, broker_url, tmp
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"celery@host-b": {"ok": "pong"}}
+
+
+def test_a_task_sends_the_events_flower_shows(app, workers):
+    """task-sent from the publisher, task-received/-started/-succeeded from the node that ran it."""
+    import threading
+    import time
+
+    from celery_app.tasks.examples import add
+
+    wanted = {"task-sent", "task-received", "task-started", "task-succeeded"}
+    seen: list[dict] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+
+        def capture() -> None:
+            try:
+                receiver.capture(limit=None, timeout=RESULT_WITHIN, wakeup=False)
+            except Exception:  # noqa: BLE001 - the socket times out once the events stop
+                pass
+
+        thread = threading.Thread(target=capture, daemon=True)
+        thread.start()
+        # The receiver's queue is bound a moment after it starts: a task sent before that shows no
+        # events, so one more is sent each second until one task's events all arrive.
+        sent, complete, deadline = [], None, time.monotonic() + RESULT_WITHIN
+        while complete is None and time.monotonic() < deadline:
+            sent.append(add.delay(20, 22))
+            time.sleep(1)
+            complete = next((r for r in sent if wanted <= {e["type"] for e in seen if e.get("uuid") == r.id}), None)
+        receiver.should_stop = True
+        thread.join(RESULT_WITHIN)
+    assert complete is not None, sorted({e["type"] for e in seen})
+    assert complete.get(timeout=RESULT_WITHIN) == 42
+    events = {e["type"]: e for e in seen if e.get("uuid") == complete.id}
+    assert events["task-succeeded"]["hostname"] == "calc@host-a"

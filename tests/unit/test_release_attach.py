@@ -42,3 +42,11 @@ def test_the_deployment_gives_broker_queues_routes_tasks_and_heartbeat():
     assert app.amqp.router.route({}, "shop.tasks.pay")["queue"].name == "orders"
     assert app.amqp.router.route({}, "celery_app.tasks.heartbeat.heartbeat")["queue"].name == "celery"
     assert Path(conf.fleet_heartbeat_file) == SETTINGS.heartbeat_file
+    assert conf.worker_send_task_events and conf.task_send_sent_event  # task events for Flower
+
+
+def test_the_deployment_turns_task_events_off_even_where_the_app_turned_them_on():
+    app = Celery("shop", set_as_current=False)
+    app.conf.update(worker_send_task_events=True)
+    conf = attach(app, settings_from({"CELERY_TASK_EVENTS": "0"}, {})).conf
+    assert not conf.worker_send_task_events and not conf.task_send_sent_event

@@ -114,3 +114,9 @@ def test_app_settings_read_result_expires_and_queue_options():
     assert (settings.result_expires, settings.queue_options) == (15, {"urgent": {"max_priority": 10}})
     assert settings_from({}, {}).result_expires == 86400
     assert queue_options("not json") == {} and queue_options("[1]") == {}
+
+
+def test_task_events_are_on_unless_the_deployment_turns_them_off():
+    assert settings_from({}, {}).task_events
+    assert not settings_from({}, {"CELERY_TASK_EVENTS": "0"}).task_events
+    assert not settings_from({"CELERY_TASK_EVENTS": "false"}, {"CELERY_TASK_EVENTS": "1"}).task_events
