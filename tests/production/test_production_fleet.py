@@ -22,6 +22,7 @@ import yaml
 
 from support.deploy import recap
 from support.fleet import make
+from support.release import sample_app
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
@@ -266,4 +267,30 @@ def test_make_deploy_and_health_of_an_operators_inventory_run_as_an_unprivileged
     assert all(re.search(rf"^  {node} +OK +pong", health.stdout, re.MULTILINE) for node in NODES), health.stdout
     assert not (tree / ".sandbox").exists()  # nothing of the sandbox was needed
     for text in (deployed.stdout, deployed.stderr, health.stdout):
+        assert PASSWORD not in text
+
+
+# Last in the module: from here on the fleet runs an app of the operator's own.
+def test_a_release_of_the_operators_app_rolls_out_through_sudo(fleet, tmp_path):
+    """fleetctl release (build, install, switch, drained restart, gate) as user deploy, then nothing to do."""
+    document = yaml.safe_load(INVENTORY.read_text())
+    workers = document["all"]["children"]["celery_workers"]
+    workers["vars"] = {"celery_worker_app_source": str(sample_app(tmp_path, "prod-1")),
+                       "celery_worker_app": "shipyard.celery:app"}
+    INVENTORY.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    done = _fleetctl("release", "--version", "prod-1", "--format", "json")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    outcome = json.loads(done.stdout)
+    assert [(h["host"], h["after"]) for h in outcome["hosts"]] == [("prod-w1", "prod-1"), ("prod-w2", "prod-1")]
+    assert outcome["changed"] == ["prod-w1", "prod-w2"]
+    current = _ansible("prod-w1", "readlink -f /opt/celery/current", "-e", "ansible_become=true").stdout.split()
+    assert current[-1] == "/opt/celery/releases/prod-1"
+
+    again = _fleetctl("release", "--version", "prod-1", "--format", "json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] == [], again.stdout + again.stderr
+    health = _fleetctl("health", "--format", "json")
+    rows = {row["name"]: row for row in json.loads(health.stdout)["rows"]}
+    assert all(rows[node]["status"] == "OK" for node in NODES), health.stdout
+    for text in (done.stdout, done.stderr, again.stdout, health.stdout):
         assert PASSWORD not in text
