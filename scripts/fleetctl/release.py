@@ -570,16 +570,17 @@ def _restart_and_gate(fleet: Fleet, hosts: Sequence[Host], config: AppConfig, ti
 
     started = time.monotonic()
     outcome = restarts.rolling_restart(fleet.limited([host.name for host in hosts]), serial=len(hosts),
-                                       drain=drain, drain_timeout=timeouts.drain, restart_timeout=timeouts.restart,
-                                       verify_timeout=timeouts.verify, connect_timeout=timeouts.connect,
-                                       inventory=inventory, on_event=relay)
+                                       drain_first=drain, drain_timeout=timeouts.drain,
+                                       restart_timeout=timeouts.restart, verify_timeout=timeouts.verify,
+                                       connect_timeout=timeouts.connect, inventory=inventory, on_event=relay)
     restarted = time.monotonic() - started
     for host in hosts:
         if host.is_beat:
             _run(host, BEAT_RESTART, timeouts.connect, 120)
     gates: dict[str, Gate] = {}
+    by_host = {result.host: result for result in outcome.hosts}
     for host in hosts:
-        result = next((r for r in outcome.hosts if r.host == host.name), None)
+        result = by_host.get(host.name)
         if result is None or result.status != restarts.OK:
             codes = [f.code for f in (result.findings if result else ()) if f.status != restarts.OK]
             gates[host.name] = (False, "nodes_unhealthy", ", ".join(codes) or "restart failed", restarted, 0.0)

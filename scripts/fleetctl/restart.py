@@ -404,10 +404,10 @@ def _interrupted_words(batch: Sequence[Host], planned: Mapping[str, Sequence[str
 def rolling_restart(fleet: Fleet, *, serial: int = DEFAULT_SERIAL, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
                     restart_timeout: float = DEFAULT_RESTART_TIMEOUT, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
                     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, inventory: str = "",
-                    on_event: Listener | None = None, drain: bool = True) -> Outcome:
+                    on_event: Listener | None = None, drain_first: bool = True) -> Outcome:
     """Restart the fleet's worker hosts serial at a time; stop at the first batch that is not healthy after.
 
-    drain off: hosts whose nodes do not run yet (a first release) are started without asking them first.
+    drain_first off: hosts whose nodes do not run yet (a first release) are started without asking them first.
     """
     emit = on_event or (lambda event: None)
     broker_url = fleet.require_broker_url(inventory)
@@ -419,7 +419,7 @@ def rolling_restart(fleet: Fleet, *, serial: int = DEFAULT_SERIAL, drain_timeout
     done: list[HostRestart] = []
     plan = batches(fleet.workers, serial)
     for number, batch in enumerate(plan, 1):
-        done += _restart_batch(app, fleet, batch, number, emit, timeouts, drain)
+        done += _restart_batch(app, fleet, batch, number, emit, timeouts, drain_first)
         if any(host.status == FAIL for host in done):
             done += _skipped(plan, number + 1)
             break
