@@ -4,13 +4,13 @@
 #   controller  deploy and operate any fleet (a virtualenv, ssh): root only when something is missing
 #   sandbox     boot the local sandbox fleet (containers, bridge, proxy): root
 #   lint        shellcheck
-#   test        everything the test suite needs (the sandbox, a loopback RabbitMQ, openssl)
+#   test        everything the test suite needs (the sandbox, a loopback RabbitMQ, openssl, a headless browser)
 set -euo pipefail
 declare -A sets=(
   [controller]="python3-venv openssh-client"
   [sandbox]="systemd-container debootstrap tinyproxy iproute2 openssh-client"
   [lint]="shellcheck"
-  [test]="systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl shellcheck"
+  [test]="systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl shellcheck chromium"
 )
 packages=()
 for set in "${@:-controller}"; do

@@ -69,6 +69,12 @@ EXPECTED = {
     "bad-queue-option-unknown": ["worker1: celery_worker_nodes: node celery: queue urgent: unknown key 'priority'",
                                  "queue feeds: exchange_type must be one of direct, topic, fanout, not 'headers'"],
     "bad-two-redis": ["inventory group redis may hold at most one host", "it holds 2: broker, worker2"],
+    "bad-two-flower": ["inventory group flower may hold at most one host", "it holds 2: broker, worker2"],
+    "bad-flower-password": ["worker2: flower_password must hold at least 16 printable characters and no ','",
+                            "its value is not shown"],
+    "bad-flower-port": ["worker2: flower_port must be a port number from 1024 to 65535", "got 80",
+                        "worker2: flower_user must be printable characters without spaces, ':' or ','",
+                        'got "ops:admin"'],
     "bad-node-name-celerybeat": ['worker1: celery_worker_nodes: node name(s) ["celerybeat"] not valid'],
     "bad-broadcast-node-queue": ['worker1: celery_worker_nodes lists broadcast queue(s) ["broadcast"] among a '
                                  'node\'s own'],
@@ -113,7 +119,8 @@ def test_bad_inventory_is_rejected_before_any_host_changes(fleet_before, tmp_pat
     assert run.returncode != 0
     for fragment in EXPECTED[name]:
         assert fragment in run.stdout, run.stdout[-3000:]
-    assert "PLAY [Broker and workers are installed and running]" not in run.stdout
+    assert "PLAY [Broker, result backend, Flower and workers are installed and running]" not in run.stdout
+    assert "open,sesame" not in run.stdout  # bad-flower-password: a refused password is not shown either
     assert not re.search(r"^changed: \[", run.stdout, re.MULTILINE), run.stdout[-3000:]
     assert all(s["changed"] == 0 for s in recap(run.stdout).values())
     assert fingerprint(HOSTS) == fleet_before

@@ -1,4 +1,4 @@
-"""The broker password shows in no deploy output, log, journal, process list, git commit or readable file."""
+"""The broker and Flower passwords show in no deploy output, log, journal, process list, git commit or readable file."""
 # The password is read from the controller's secrets file and compared here or, on a host, by a script
 # that reads it from the standard input of ssh (never an argument); failures show it as <password>.
 
@@ -18,6 +18,9 @@ HOSTS = ["broker", "worker1", "worker2"]
 WORKERS = ["worker1", "worker2"]
 PASSWORD_FILE = ROOT / ".secrets" / "sandbox" / "rabbitmq-celery-password"
 ENV_FILE = "/etc/conf.d/celery"
+FLOWER_HOST = "worker2"  # group flower of the sandbox inventory
+FLOWER_PASSWORD_FILE = ROOT / ".secrets" / "sandbox" / "flower-password"
+FLOWER_ENV_FILE = "/etc/conf.d/flower"  # holds both passwords
 # Where a leaked copy would obviously sit on a host (pseudo file systems left out).
 SCANNED = "/etc /var /opt /run /root /home /srv /tmp"
 # Samples `ps -eo args` (20 a second) during a deploy, into a file only root reads; ends by itself.
@@ -29,6 +32,10 @@ _SAMPLER = (f"systemd-run --quiet --collect --unit={_SAMPLER_UNIT} -p RuntimeMax
 
 def _password() -> str:
     return PASSWORD_FILE.read_text().strip()
+
+
+def _flower_password() -> str:
+    return FLOWER_PASSWORD_FILE.read_text().strip()
 
 
 def _where(text: str, password: str) -> list[str]:
@@ -84,17 +91,20 @@ class ExposedDeploys:
     verbose_output: str = field(repr=False)
     sampled: dict[str, list[str]]
     sampled_rabbitmqctl: bool
+    sampled_flower: dict[str, list[str]]  # lines holding the Flower password
 
 
 @pytest.fixture(scope="module")
 def exposed_deploys(deployed_fleet) -> ExposedDeploys:
-    """Deploys that must write the password: worker1 lost its broker URL line, the broker its celery password.
+    """Deploys that must write the passwords: worker1 lost its broker URL line, the broker its celery password,
+    the Flower host Flower's credentials.
 
     `make deploy CHECK=1` shows what would change; a -vvv --diff deploy, sampled by `ps` on every host, repairs it.
     """
     password = _password()
     assert _ssh("worker1", f"sed -i '/^CELERY_BROKER_URL=/d' {ENV_FILE}").returncode == 0
     assert _ssh("broker", "rabbitmqctl -q change_password celery", secrets.token_urlsafe(24) + "\n").returncode == 0
+    assert _ssh(FLOWER_HOST, f"sed -i '/^FLOWER_BASIC_AUTH=/d' {FLOWER_ENV_FILE}").returncode == 0
     verbose = None
     try:
         check = _succeeded(_deploy("CHECK=1"))  # --check --diff
@@ -107,10 +117,11 @@ def exposed_deploys(deployed_fleet) -> ExposedDeploys:
         if verbose is None or verbose.returncode != 0:
             _succeeded(_deploy())  # the fleet as the other tests expect it
     sampled = {h: _lines_holding(h, f"cat {_SAMPLES}", password) for h in HOSTS}
+    sampled_flower = {h: _lines_holding(h, f"cat {_SAMPLES}", _flower_password()) for h in HOSTS}
     saw_rabbitmqctl = _ssh("broker", f"grep -c rabbitmqctl {_SAMPLES}").stdout.strip() not in ("", "0")
     for hostname in HOSTS:
         _ssh(hostname, f"rm -f {_SAMPLES}")
-    return ExposedDeploys(check, _succeeded(verbose), sampled, saw_rabbitmqctl)
+    return ExposedDeploys(check, _succeeded(verbose), sampled, saw_rabbitmqctl, sampled_flower)
 
 
 def test_deploy_output_never_shows_the_broker_password(deployed_fleet):
@@ -156,11 +167,15 @@ def test_only_root_and_group_celery_read_files_holding_the_broker_password(expos
     found = _on_host(hostname, f"grep -rlsF -D skip -f <(pattern) {SCANNED} | while IFS= read -r f; "
                                "do stat -c '%n %U %G %a' \"$f\"; done", _password())
     holders = {line.split()[0]: line.split()[1:] for line in found}
+    # Flower reaches the broker as the fleet's user: its environment file, for group flower only.
+    allowed = {FLOWER_ENV_FILE: ("flower",)} if hostname == FLOWER_HOST else {}
     assert {path: mode for path, (user, group, mode) in holders.items()
-            if user != "root" or group not in ("root", "celery") or int(mode, 8) & 0o027} == {}
+            if user != "root" or group not in allowed.get(path, ("root", "celery")) or int(mode, 8) & 0o027} == {}
     assert [path for path in holders if path.startswith("/var/log/")] == []
     if hostname in WORKERS:
         assert holders.get(ENV_FILE) == ["root", "celery", "640"]
+    if hostname == FLOWER_HOST:
+        assert holders.get(FLOWER_ENV_FILE) == ["root", "flower", "640"]
 
 
 def test_password_file_is_private_git_ignored_and_in_no_commit_or_tracked_file(deployed_fleet):
@@ -175,3 +190,37 @@ def test_password_file_is_private_git_ignored_and_in_no_commit_or_tracked_file(d
     holders = [name for name in tracked.decode().split("\0")
                if name and (ROOT / name).is_file() and password in (ROOT / name).read_bytes()]
     assert holders == []
+
+
+# The Flower password (group flower: worker2).
+
+def test_deploy_outputs_never_show_the_flower_password(deployed_fleet, exposed_deploys):
+    password = _flower_password()
+    assert recap(exposed_deploys.verbose_output)[FLOWER_HOST]["changed"] > 0  # its credentials were rewritten
+    for output in (deployed_fleet.deploy_output, exposed_deploys.check_output, exposed_deploys.verbose_output):
+        assert _where(output, password) == []
+
+
+@pytest.mark.parametrize("hostname", HOSTS)
+def test_no_command_line_log_or_journal_shows_the_flower_password(exposed_deploys, hostname):
+    password = _flower_password()
+    assert exposed_deploys.sampled_flower[hostname] == []
+    assert _lines_holding(hostname, "ps -eo args", password) == []
+    assert _lines_holding(hostname, "journalctl --no-pager -o verbose", password) == []
+    assert _lines_holding(hostname, "cat /var/log/celery/* /var/log/rabbitmq/*", password) == []
+
+
+def test_only_root_and_group_flower_read_the_flower_password(exposed_deploys):
+    found = _on_host(FLOWER_HOST, f"grep -rlsF -D skip -f <(pattern) {SCANNED} | while IFS= read -r f; "
+                                  "do stat -c '%n %U %G %a' \"$f\"; done", _flower_password())
+    assert found == [f"{FLOWER_ENV_FILE} root flower 640"]
+
+
+def test_flower_password_file_is_private_git_ignored_and_in_no_commit(deployed_fleet):
+    password = _flower_password().encode()
+    assert FLOWER_PASSWORD_FILE.stat().st_mode & 0o077 == 0
+    assert subprocess.run(["git", "check-ignore", "-q", str(FLOWER_PASSWORD_FILE)], cwd=ROOT).returncode == 0
+    history = subprocess.run(["git", "log", "--all", "-p", "--text", "--no-color", "--no-ext-diff"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    in_history = password in history  # a bool: assert messages never show the password
+    assert not in_history

@@ -17,6 +17,8 @@ BEAT_HOST = "worker2"
 UNITS = [(host, unit) for host, nodes in NODES.items()
          for unit in ["celery.service", *(f"celery@{name}.service" for name in nodes)]
          + (["celerybeat.service"] if host == BEAT_HOST else [])]
+# Units of the fleet's other services, held to the same bound: Flower (group flower of the sandbox).
+OTHER_UNITS = [("worker2", "flower.service")]
 # "→ Overall exposure level for celery@calc.service: 1.1 OK :-)" (the arrow depends on the locale).
 _EXPOSURE = re.compile(r"Overall exposure level for (?P<unit>\S+): (?P<score>\d+\.\d+)")
 SETTLE = 120  # seconds for nodes to answer ping again after a restart (guard)
@@ -99,13 +101,23 @@ def test_every_celery_unit_of_each_host_is_measured(deployed_fleet):
         assert sorted(loaded.split()) == sorted(unit for host, unit in UNITS if host == name)
 
 
-@pytest.mark.parametrize("name, unit", UNITS)
+@pytest.mark.parametrize("name, unit", UNITS + OTHER_UNITS)
 def test_loaded_unit_exposure_is_at_most_2(deployed_fleet, name, unit):
     host = deployed_fleet.host(name)
     assert host.service(unit).is_running
     out = host.check_output(f"systemd-analyze security {unit} --no-pager")
     score = _exposure(out)[unit]
     assert score <= MAX_EXPOSURE, out
+
+
+def test_flower_runs_without_capabilities_new_privileges_or_unfiltered_system_calls(deployed_fleet):
+    host = deployed_fleet.host("worker2")
+    pids = {int(pid) for pid in host.check_output("ps -u flower -o pid=").split()}
+    assert pids
+    for pid in pids:
+        status = dict(re.findall(r"^(\w+):\s*(.*)$", host.check_output(f"cat /proc/{pid}/status"), re.MULTILINE))
+        assert (status["CapBnd"], status["CapEff"]) == ("0" * 16, "0" * 16), pid
+        assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2"), pid
 
 
 def test_beat_runs_in_the_same_sandbox_as_the_nodes(deployed_fleet):
