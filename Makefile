@@ -75,12 +75,13 @@ restart: setup ## Rolling restart of the workers, SERIAL hosts at a time: drain,
 	@$(BIN)/fleetctl restart --inventory "$(INVENTORY)" $(LIMIT_ARG) --serial "$(SERIAL)" --format "$(FORMAT)"
 
 .PHONY: lint
-lint: setup ## Run ruff, shellcheck, yamllint and ansible-lint (production profile)
+lint: setup ## Run ruff, shellcheck, yamllint, ansible-lint (production profile) and promtool on the alert rules
 	@scripts/system-packages.sh lint
 	$(BIN)/ruff check .
 	shellcheck $(SHELL_SCRIPTS)
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production playbooks/
+	scripts/check-alert-rules.sh
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Run the fast tier: no root, no sandbox, no broker (well under a minute)
@@ -93,7 +94,7 @@ test: setup ## Run the whole test suite (lint, fast tier, broker and sandbox fle
 	$(BIN)/pytest $(PYTEST_ARGS) tests
 
 .PHONY: bench
-bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart scale"] [HOSTS=24]
+bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart rolling results events release scale"] [HOSTS=24]
 	@scripts/system-packages.sh sandbox
 	$(BIN)/fleetctl bench $(BENCH) $(if $(HOSTS),--hosts $(HOSTS))
 

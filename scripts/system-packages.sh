@@ -3,14 +3,14 @@
 # missing: `scripts/system-packages.sh controller|sandbox|lint|test...` (one or more sets).
 #   controller  deploy and operate any fleet (a virtualenv, ssh): root only when something is missing
 #   sandbox     boot the local sandbox fleet (containers, bridge, proxy): root
-#   lint        shellcheck
+#   lint        shellcheck, promtool (Debian's prometheus: its service is left stopped)
 #   test        everything the test suite needs (the sandbox, a loopback RabbitMQ, openssl, a headless browser)
 set -euo pipefail
 declare -A sets=(
   [controller]="python3-venv openssh-client"
   [sandbox]="systemd-container debootstrap tinyproxy iproute2 openssh-client"
-  [lint]="shellcheck"
-  [test]="systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl shellcheck chromium"
+  [lint]="shellcheck prometheus"
+  [test]="systemd-container debootstrap tinyproxy iproute2 openssh-client python3-venv rabbitmq-server openssl shellcheck prometheus chromium"
 )
 packages=()
 for set in "${@:-controller}"; do
@@ -35,6 +35,8 @@ fi
 echo "Installing system packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# policy-rc.d keeps package installs from starting services (rabbitmq, tinyproxy) on the controller.
+# policy-rc.d keeps package installs from starting services (rabbitmq, tinyproxy, prometheus) on the
+# controller; where there is none, they are stopped and disabled here.
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 systemctl disable --now tinyproxy >/dev/null 2>&1 || true
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi

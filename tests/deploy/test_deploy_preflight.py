@@ -69,12 +69,16 @@ EXPECTED = {
     "bad-queue-option-unknown": ["worker1: celery_worker_nodes: node celery: queue urgent: unknown key 'priority'",
                                  "queue feeds: exchange_type must be one of direct, topic, fanout, not 'headers'"],
     "bad-two-redis": ["inventory group redis may hold at most one host", "it holds 2: broker, worker2"],
-    "bad-two-flower": ["inventory group flower may hold at most one host", "it holds 2: broker, worker2"],
+    "bad-two-flower": ["inventory group flower may hold at most one host (the fleet's web monitor); it holds 2: "
+                       "broker, worker2"],
     "bad-flower-password": ["worker2: flower_password must hold at least 16 printable characters and no ','",
                             "its value is not shown"],
     "bad-flower-port": ["worker2: flower_port must be a port number from 1024 to 65535", "got 80",
                         "worker2: flower_user must be printable characters without spaces, ':' or ','",
                         'got "ops:admin"'],
+    "bad-prometheus-durations": ["worker1: prometheus_alert_host_down_for, prometheus_scrape_interval must be "
+                                 "Prometheus durations such as 30s, 5m or 1h", '["2 minutes", "15"]',
+                                 "worker1: prometheus_alert_heartbeat_age must be a positive number of seconds; got 0"],
     "bad-node-name-celerybeat": ['worker1: celery_worker_nodes: node name(s) ["celerybeat"] not valid'],
     "bad-broadcast-node-queue": ['worker1: celery_worker_nodes lists broadcast queue(s) ["broadcast"] among a '
                                  'node\'s own'],

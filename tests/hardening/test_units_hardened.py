@@ -19,6 +19,8 @@ UNITS = [(host, unit) for host, nodes in NODES.items()
          + (["celerybeat.service"] if host == BEAT_HOST else [])]
 # Units of the fleet's other services, held to the same bound: Flower (group flower of the sandbox).
 OTHER_UNITS = [("worker2", "flower.service")]
+# The fleet metrics of each worker host (group monitoring of the sandbox): a oneshot service and its timer.
+METRICS_UNITS = ["celery-fleet-metrics.service", "celery-fleet-metrics.timer"]
 # "→ Overall exposure level for celery@calc.service: 1.1 OK :-)" (the arrow depends on the locale).
 _EXPOSURE = re.compile(r"Overall exposure level for (?P<unit>\S+): (?P<score>\d+\.\d+)")
 SETTLE = 120  # seconds for nodes to answer ping again after a restart (guard)
@@ -98,7 +100,16 @@ def test_every_celery_unit_of_each_host_is_measured(deployed_fleet):
     for name in NODES:
         loaded = deployed_fleet.host(name).check_output(
             "systemctl list-units --all --plain --no-legend 'celery*' | cut -d' ' -f1")
-        assert sorted(loaded.split()) == sorted(unit for host, unit in UNITS if host == name)
+        assert sorted(loaded.split()) == sorted([unit for host, unit in UNITS if host == name] + METRICS_UNITS)
+
+
+@pytest.mark.parametrize("name", sorted(NODES))
+def test_fleet_metrics_service_exposure_is_at_most_2(deployed_fleet, name):
+    host = deployed_fleet.host(name)
+    unit = METRICS_UNITS[0]
+    assert host.service(METRICS_UNITS[1]).is_running  # the timer; the service runs and exits
+    out = host.check_output(f"systemd-analyze security {unit} --no-pager")
+    assert _exposure(out)[unit] <= MAX_EXPOSURE, out
 
 
 @pytest.mark.parametrize("name, unit", UNITS + OTHER_UNITS)

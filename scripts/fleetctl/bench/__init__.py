@@ -7,6 +7,7 @@ from collections.abc import Callable
 def benches() -> dict[str, Callable[..., list[tuple[str, str]]]]:
     """Bench name -> function (imported on use: the benches pull in Celery and Fabric)."""
     from fleetctl.bench.deploy import bench_broadcast, bench_deploy, bench_rolling, bench_sandbox
+    from fleetctl.bench.events import bench_events
     from fleetctl.bench.health import bench_health
     from fleetctl.bench.release import bench_release
     from fleetctl.bench.restart import bench_restart
@@ -15,8 +16,9 @@ def benches() -> dict[str, Callable[..., list[tuple[str, str]]]]:
 
     return {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast, "health": bench_health,
             "restart": bench_restart, "rolling": bench_rolling, "scale": bench_scale, "results": bench_results,
-            "release": bench_release}
+            "events": bench_events, "release": bench_release}
 
 
-NAMES = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "scale", "results", "release")
-DEFAULT = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "results", "release")  # scale: 24 hosts
+NAMES = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "scale", "results", "events", "release")
+# scale boots 24 hosts: only when named.
+DEFAULT = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "results", "events", "release")

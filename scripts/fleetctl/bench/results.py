@@ -19,15 +19,16 @@ from fleetctl.remote.ssh import connection
 TASKS = 500
 NAME = "results"
 
-# Run on the worker host as root, with /etc/conf.d/celery sourced; prints one JSON object.
+# Run on the worker host as root, with /etc/conf.d/celery sourced; prints one JSON object: label -> rates.
+# argv: tasks, rounds, then a JSON object label -> environment of that variant (on top of the host's).
 _SCRIPT = r"""
 import json, os, subprocess, sys, time
-tasks = int(sys.argv[1])
-backends = {"redis": os.environ["CELERY_RESULT_BACKEND"], "rpc": "rpc://"}
-rates = {}
-for label, url in backends.items():
-    env = dict(os.environ, CELERY_RESULT_BACKEND=url)
-    queue, node = "bench-results-" + label, "bench-" + label + "@%h"
+tasks, rounds, variants = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+rates = {label: [] for label in variants}
+for _ in range(rounds):
+  for label, overrides in variants.items():
+    env = dict(os.environ, **overrides)
+    queue, node = "bench-rates-" + label, "bench-" + label + "@%h"
     worker = subprocess.Popen([os.environ["CELERY_BIN"], "-A", "celery_app", "worker", "-Q", queue, "-c", "2",
                                "-n", node, "-l", "WARNING", "--without-gossip", "--without-mingle"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -46,7 +47,7 @@ for label, url in backends.items():
                               text=True, timeout=600)
         if done.returncode != 0:
             sys.exit(label + ": " + done.stderr[-2000:])
-        rates[label] = float(done.stdout.strip())
+        rates[label].append(float(done.stdout.strip()))
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -63,16 +64,25 @@ def _inventory():
     return path
 
 
-def result_rates(inventory, host_name: str, tasks: int = TASKS) -> dict[str, float]:
-    """Tasks per second, send to result read back, per backend ("redis", "rpc"), on a deployed worker host."""
+def task_rates(inventory, host_name: str, variants: dict[str, dict[str, str]], tasks: int = TASKS,
+               rounds: int = 1) -> dict[str, list[float]]:
+    """Tasks per second, send to result read back, per variant (environment on top of the host's), each
+    run `rounds` times in turn on a throwaway node of a deployed worker host."""
     host = fleet_model.load_fleet(inventory).host(host_name)
-    command = (". /etc/conf.d/celery && export CELERY_RESULT_BACKEND CELERY_BIN && cd /tmp && "
-               f"/opt/celery/venv/bin/python -c {shlex.quote(_SCRIPT)} {tasks}")
+    command = (". /etc/conf.d/celery && export CELERY_RESULT_BACKEND CELERY_BIN CELERY_TASK_EVENTS && cd /tmp && "
+               f"/opt/celery/venv/bin/python -c {shlex.quote(_SCRIPT)} {tasks} {rounds} "
+               f"{shlex.quote(json.dumps(variants))}")
     with connection(host, 10) as cxn:
         result = cxn.run(command, hide=True, warn=True, in_stream=False)
     if result.exited != 0:
-        raise BenchError(f"bench results on {host_name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise BenchError(f"bench on {host_name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def result_rates(inventory, host_name: str, tasks: int = TASKS) -> dict[str, float]:
+    """Tasks per second, send to result read back, per backend ("redis", "rpc"), on a deployed worker host."""
+    rates = task_rates(inventory, host_name, {"redis": {}, "rpc": {"CELERY_RESULT_BACKEND": "rpc://"}}, tasks)
+    return {label: values[0] for label, values in rates.items()}
 
 
 def bench_results() -> list[tuple[str, str]]:
