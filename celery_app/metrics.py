@@ -1,6 +1,6 @@
 """Fleet metrics of this worker host's nodes, written for node exporter's textfile collector."""
 # `python -m celery_app.metrics OUT`, run every 30 s by celery-fleet-metrics.timer (role celery_metrics) as
-# user celery with /etc/conf.d/celery as environment: the host's nodes (CELERYD_NODES) are asked
+# a user of its own in group celery, with /etc/conf.d/celery as environment: the host's nodes (CELERYD_NODES) are asked
 # active_queues through the broker, the heartbeat file and the release in use are read, and OUT is
 # replaced atomically (a reader never sees half a file). Metrics, named as the fleet names nodes:
 # - celery_fleet_node_up{node}: 1 when the node answered within the timeout, else 0;

@@ -79,8 +79,9 @@ def _series(query: str) -> dict[str, float]:
 
 
 def test_worker_hosts_report_every_node_up_on_its_queues_and_a_fresh_heartbeat(deployed_fleet):
-    up = _until(lambda: (lambda s: s if set(s) == NODES else None)(_series("celery_fleet_node_up")),
-                "celery_fleet_node_up of every inventory node")
+    # Tests before this one restart nodes (a node being restarted is reported down): wait for the fleet to settle.
+    up = _until(lambda: (lambda s: s if s == dict.fromkeys(NODES, 1.0) else None)(_series("celery_fleet_node_up")),
+                "celery_fleet_node_up 1 for every inventory node")
     assert up == dict.fromkeys(NODES, 1.0)
     assert _series("celery_fleet_node_queue_drift") == dict.fromkeys(NODES, 0.0)
     assert _series("min(celery_fleet_broker_reachable)") == {"": 1.0}

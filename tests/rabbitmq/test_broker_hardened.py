@@ -150,10 +150,15 @@ def test_fleet_user_is_refused_other_vhosts(attempts):
     assert "access to vhost '/' refused" in attempts["connect to vhost /"], attempts["connect to vhost /"]
 
 
-def test_management_plugin_is_off_and_nothing_listens_for_http(broker):
-    assert broker.run("rabbitmq-plugins -q list -e --formatter json").stdout.count('"name"') == 0
+def test_management_plugin_is_off_and_nothing_listens_for_http_but_the_metrics(broker):
+    # The sandbox has a monitoring host: rabbitmq_prometheus (rabbitmq_prometheus_enabled) is the one plugin.
+    explicit = re.findall(r'"name"\s*:\s*"([^"]+)"', broker.run("rabbitmq-plugins -q list -E --formatter json").stdout)
+    assert explicit == ["rabbitmq_prometheus"]
+    enabled = re.findall(r'"name"\s*:\s*"([^"]+)"', broker.run("rabbitmq-plugins -q list -e --formatter json").stdout)
+    assert "rabbitmq_management" not in enabled
     listening = broker.check_output("ss -Hltn")
     assert ":15672 " not in listening and ":15671 " not in listening
+    assert ":15692 " in listening  # the Prometheus endpoint
 
 
 def test_erlang_cookie_is_readable_by_rabbitmq_only(broker):
