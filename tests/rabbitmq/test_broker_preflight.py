@@ -58,6 +58,9 @@ CASES = {
                                 "broker: rabbitmq_disk_free_limit must be"),
     "disk free limit in furlongs": ({"rabbitmq_disk_free_limit": {"absolute": "2 furlongs"}}, {},
                                     "broker: rabbitmq_disk_free_limit must be"),
+    "Flower with a TLS-only broker": ({**TLS, "rabbitmq_tls_only": True}, {},
+                                     "worker2: the broker broker accepts TLS only (rabbitmq_tls_only), which the "
+                                     "flower role does not support yet"),
     "descriptor limit too low": ({"rabbitmq_nofile_limit": 100}, {},
                                  "broker: rabbitmq_nofile_limit must be a whole number from 1024 to 1048576; got 100"),
 }
@@ -87,7 +90,7 @@ def test_bad_broker_variables_are_rejected_before_any_host_changes(fleet_before,
     assert run.returncode != 0
     assert expected in run.stdout, run.stdout[-3000:]
     assert "MIIBfake" not in run.stdout  # PEM text is never echoed
-    assert "PLAY [Broker and workers are installed and running]" not in run.stdout
+    assert "PLAY [Broker, result backend, Flower and workers are installed and running]" not in run.stdout
     assert not re.search(r"^changed: \[", run.stdout, re.MULTILINE), run.stdout[-3000:]
     assert all(s["changed"] == 0 for s in recap(run.stdout).values())
     assert fingerprint(HOSTS) == fleet_before
