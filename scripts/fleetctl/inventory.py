@@ -33,6 +33,7 @@ DEFAULT_NODE = {"name": "celery", "queues": ["celery"], "concurrency": 2}
 DEFAULT_BROADCAST_QUEUES = ("broadcast",)
 WORKERS_GROUP, BEAT_GROUP, BROKER_GROUP = "celery_workers", "celery_beat", "rabbitmq"
 REDIS_GROUP = "redis"  # optional: the Redis result backend
+MONITORING_GROUP = "monitoring"  # optional: Prometheus (its broker plugin serves queue metrics too)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<tail>@)", re.IGNORECASE)
 _UNSAFE = "__ansible_unsafe"
 
@@ -114,6 +115,7 @@ class Fleet:
     # (fleet_broker_password, e.g. from ansible-vault) or "file:<path>" (fleet_broker_password_file).
     password_source: str = "secrets"
     redis_host: str | None = None  # the result backend's host (group redis), if any
+    broker_metrics: bool = False  # the broker runs rabbitmq_prometheus (rabbitmq_prometheus_enabled)
 
     def limited(self, names: Iterable[str] | None) -> Fleet:
         """The same fleet with only names worked on (health, restart, broadcast); None: every host."""
@@ -311,7 +313,18 @@ def parse_inventory(data: Mapping[str, Any]) -> Fleet:
         broadcast_queues=_broadcast_queues(workers, hostvars),
         password_source=source,
         redis_host=(members.get(REDIS_GROUP) or [None])[0],
+        broker_metrics=_broker_metrics(broker_vars, bool(members.get(MONITORING_GROUP))),
     )
+
+
+def _broker_metrics(broker_vars: Mapping[str, Any], monitoring: bool) -> bool:
+    """rabbitmq_prometheus_enabled as the role resolves it: the inventory's value, else on with a monitoring host."""
+    value = broker_vars.get("rabbitmq_prometheus_enabled")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and "{" not in value:
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    return monitoring
 
 
 def broker_url(address: str, password: str) -> str:

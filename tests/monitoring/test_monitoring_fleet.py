@@ -79,11 +79,16 @@ def _series(query: str) -> dict[str, float]:
 
 
 def test_worker_hosts_report_every_node_up_on_its_queues_and_a_fresh_heartbeat(deployed_fleet):
-    # Tests before this one restart nodes (a node being restarted is reported down): wait for the fleet to settle.
-    up = _until(lambda: (lambda s: s if s == dict.fromkeys(NODES, 1.0) else None)(_series("celery_fleet_node_up")),
-                "celery_fleet_node_up 1 for every inventory node")
+    # Tests before this one restart nodes and change their queues (a node being restarted is reported down, a node
+    # whose queues changed in /etc/conf.d/celery drifts until it restarts; each host writes its metrics every 30 s):
+    # wait for one scrape in which the fleet has settled.
+    def settled():
+        up, drift = _series("celery_fleet_node_up"), _series("celery_fleet_node_queue_drift")
+        return (up, drift) if up == dict.fromkeys(NODES, 1.0) and drift == dict.fromkeys(NODES, 0.0) else None
+
+    up, drift = _until(settled, "celery_fleet_node_up 1 and celery_fleet_node_queue_drift 0 for every inventory node")
     assert up == dict.fromkeys(NODES, 1.0)
-    assert _series("celery_fleet_node_queue_drift") == dict.fromkeys(NODES, 0.0)
+    assert drift == dict.fromkeys(NODES, 0.0)
     assert _series("min(celery_fleet_broker_reachable)") == {"": 1.0}
     assert _series("count(celery_fleet_broker_reachable)") == {"": 2.0}  # both worker hosts
     age = _until(lambda: _series("time() - max(celery_fleet_heartbeat_timestamp_seconds)"), "a heartbeat")[""]

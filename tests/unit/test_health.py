@@ -17,6 +17,7 @@ from fleetctl.cli import main
 from fleetctl.errors import EXIT_USAGE
 from fleetctl.health import gather, model, render, verdict
 from fleetctl.health.model import CeleryView, Probe, Report, Row, Thresholds
+from fleetctl.remote import broker_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,6 +122,14 @@ def test_queue_rows_judge_backlog_and_a_queue_nobody_consumes(depth, status, cod
     view = CeleryView(depths={"calc": depth})
     row = verdict.queue_row("calc", view, Thresholds())
     assert (row.kind, row.status, row.codes) == ("queue", status, codes)
+
+
+def test_unacknowledged_messages_show_beside_ready_ones_where_the_broker_metrics_tell():
+    view = CeleryView(depths={"calc": {"ready": 4, "consumers": 2}, "celery": {"ready": 0, "consumers": 1}})
+    calc = verdict.queue_row("calc", view, Thresholds(), {"calc": 2})
+    celery = verdict.queue_row("celery", view, Thresholds(), {"calc": 2})
+    assert render.facts(calc) == ("4 messages ready, 2 unacknowledged, 2 consumers",)
+    assert render.facts(celery) == ("0 messages ready, 1 consumer",)
 
 
 def test_every_inventory_queue_gets_a_row_after_the_hosts_and_the_table_names_it():
@@ -370,3 +379,25 @@ def test_probe_runs_with_a_stdlib_only_python(fake_workers):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["psutil"] is False
+
+
+def test_unacknowledged_counts_are_read_from_the_fleet_vhost_of_the_broker_metrics():
+    text = "\n".join([
+        "# TYPE rabbitmq_detailed_queue_messages_unacked gauge",
+        'rabbitmq_detailed_queue_messages_unacked{vhost="celery",queue="calc"} 3',
+        'rabbitmq_detailed_queue_messages_unacked{vhost="other",queue="calc"} 9',
+        'rabbitmq_detailed_queue_messages_ready{vhost="celery",queue="calc"} 7',
+        'rabbitmq_detailed_queue_messages_unacked{vhost="celery",queue="we\\"ird"} 0',
+    ])
+    assert broker_metrics.parse_unacked(text, "celery") == {"calc": 3, 'we\\"ird': 0}
+    assert broker_metrics.unacked_url("10.0.0.5", "celery") == (
+        "http://10.0.0.5:15692/metrics/detailed?vhost=celery&family=queue_coarse_metrics")
+    assert broker_metrics.unacked_url("fd00::5", "celery").startswith("http://[fd00::5]:15692/")
+
+
+def test_broker_metrics_follow_rabbitmq_prometheus_enabled_else_the_monitoring_group():
+    assert fleet._broker_metrics({}, monitoring=True) is True
+    assert fleet._broker_metrics({}, monitoring=False) is False
+    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": False}, monitoring=True) is False
+    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "yes"}, monitoring=False) is True
+    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "{{ x }}"}, monitoring=True) is True

@@ -17,7 +17,8 @@ from fleetctl.health.model import (
     Thresholds,
 )
 from fleetctl.health.verdict import beat_period, checked_hosts, evaluate, fleet_queues
-from fleetctl.inventory import Fleet, Host
+from fleetctl.inventory import BROKER_VHOST, Fleet, Host
+from fleetctl.remote.broker_metrics import fetch_unacked, unacked_url
 from fleetctl.remote.control import CeleryView, inspect_nodes
 from fleetctl.remote.ssh import RunResult, run_on_hosts
 
@@ -60,6 +61,15 @@ def probe_hosts(hosts: Sequence[Host], connect_timeout: float, deadline: float) 
     return {name: probe_from(result) for name, result in results.items()}
 
 
+def broker_unacked(fleet: Fleet, queues: Sequence[str], deadline: float) -> Background | None:
+    """Unacknowledged messages per queue from the broker's metrics endpoint, asked in the background (None: the
+    broker serves no such endpoint, or there is no queue to ask of)."""
+    if not (queues and fleet.broker_metrics and fleet.broker_address):
+        return None
+    url = unacked_url(fleet.broker_address, BROKER_VHOST)
+    return Background(lambda: fetch_unacked(url, BROKER_VHOST, max(0.1, deadline - time.monotonic())))
+
+
 def app_beat_period() -> float:
     """The heartbeat period of the app's beat_schedule (celery_app/config.py)."""
     try:
@@ -86,10 +96,12 @@ def check(fleet: Fleet, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     queues = fleet_queues(fleet)
     celery = Background(lambda: inspect_nodes(broker_url, fleet.node_names, ping_timeout, connect_timeout, deadline,
                                               queues))
+    unacked = broker_unacked(fleet, queues, deadline)
     view = celery.result(deadline + 0.5, default=CeleryView(timeout=ping_timeout,
                                                             error=f"no answer within {bound:g} s"))
     probes = ssh.result(deadline + 0.5, default={})
     from fleetctl.release import rollout_running  # here: fleetctl.release imports the restart, which imports this
 
-    rows = evaluate(fleet, probes, view, thresholds, period, rolling=bool(inventory) and rollout_running(inventory))
+    rows = evaluate(fleet, probes, view, thresholds, period, rolling=bool(inventory) and rollout_running(inventory),
+                    unacked=unacked.result(deadline + 0.5) if unacked else None)
     return Report(inventory=inventory, rows=rows, elapsed=time.monotonic() - started, bound=bound)

@@ -91,7 +91,9 @@ WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "queue_drift": _drift,
     "queues": lambda p: "queues " + (", ".join(f"{q} ({p['options'][q]})" if p.get("options", {}).get(q) else q
                                                for q in p["queues"]) or "none"),
-    "queue_depth": lambda p: f"{_count(p['ready'], 'message')} ready, {_count(p['consumers'], 'consumer')}",
+    "queue_depth": lambda p: (f"{_count(p['ready'], 'message')} ready, "
+                              + (f"{p['unacked']} unacknowledged, " if "unacked" in p else "")
+                              + _count(p['consumers'], 'consumer')),
     "queue_backlog": lambda p: f"backlog: {p['ready']} messages ready (>= {p['limit']:g})",
     "queue_unconsumed": lambda p: f"{_count(p['ready'], 'message')} ready and no consumer",
     "queue_undeclared": lambda p: "not declared on the broker (no node has consumed it since the broker started)",

@@ -321,15 +321,17 @@ def fleet_queues(fleet: Fleet) -> tuple[str, ...]:
     return tuple(dict.fromkeys(queue for node in fleet.nodes for queue in node.queues))
 
 
-def queue_row(name: str, view: CeleryView, thresholds: Thresholds) -> Row:
-    """The verdict on one inventory queue as the broker holds it: its backlog, and whether anyone consumes it."""
+def queue_row(name: str, view: CeleryView, thresholds: Thresholds, unacked: Mapping[str, int] | None = None) -> Row:
+    """The verdict on one inventory queue as the broker holds it: its backlog, and whether anyone consumes it
+    (unacked: messages delivered and not yet acknowledged, per queue, where the broker's metrics tell)."""
     if name not in (view.depths or {}):
         return Row(QUEUE, name, "", WARN, (Finding(WARN, "queue_unanswered", {"timeout": view.timeout}),))
     depth = view.depths[name]
     if depth is None:
         return Row(QUEUE, name, "", WARN, (Finding(WARN, "queue_undeclared", {}),))
     ready, consumers = depth["ready"], depth["consumers"]
-    findings = [Finding(OK, "queue_depth", {"ready": ready, "consumers": consumers})]
+    counts = {"ready": ready, **({"unacked": unacked[name]} if name in (unacked or {}) else {}), "consumers": consumers}
+    findings = [Finding(OK, "queue_depth", counts)]
     status = grade(ready, *thresholds.queue)
     if status != OK:
         limit = thresholds.queue[status == FAIL]
@@ -341,9 +343,9 @@ def queue_row(name: str, view: CeleryView, thresholds: Thresholds) -> Row:
 
 def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
              thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD,
-             rolling: bool = False) -> tuple[Row, ...]:
+             rolling: bool = False, unacked: Mapping[str, int] | None = None) -> tuple[Row, ...]:
     """Every row of the verdict, hosts in inventory order each followed by its nodes (rolling: a release
-    rollout is running, so release drift is expected)."""
+    rollout is running, so release drift is expected; unacked: see queue_row)."""
     processes = worker_processes(probes)
     heartbeat = fleet_heartbeat(fleet, probes, thresholds, period)
     releases = fleet_releases(fleet, probes)
@@ -356,5 +358,5 @@ def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
     if view.error and fleet.broker_host is None and fleet.selected is None:
         rows.append(Row(HOST, "broker", "broker", FAIL, (Finding(FAIL, "broker_unreachable", {"error": view.error}),)))
     if view.depths is not None and not view.error:  # asked, and the broker answered
-        rows += [queue_row(name, view, thresholds) for name in fleet_queues(fleet)]
+        rows += [queue_row(name, view, thresholds, unacked) for name in fleet_queues(fleet)]
     return tuple(rows)

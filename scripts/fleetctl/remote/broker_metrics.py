@@ -1,0 +1,41 @@
+"""Messages unacknowledged per queue, read from the broker's rabbitmq_prometheus endpoint (no login, no AMQP)."""
+from __future__ import annotations
+
+import re
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+
+METRICS_PORT = 15692  # rabbitmq_prometheus (rabbitmq_prometheus_enabled; on with a monitoring group)
+_SERIES = re.compile(r'^rabbitmq_detailed_queue_messages_unacked\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def unacked_url(address: str, vhost: str, port: int = METRICS_PORT) -> str:
+    """The detailed endpoint, queue message counts of one vhost only."""
+    host = f"[{address}]" if ":" in address else address
+    query = urllib.parse.urlencode({"vhost": vhost, "family": "queue_coarse_metrics"})
+    return f"http://{host}:{port}/metrics/detailed?{query}"
+
+
+def parse_unacked(text: str, vhost: str) -> dict[str, int]:
+    """Queue -> messages delivered and not yet acknowledged, of the vhost, from the endpoint's text."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        match = _SERIES.match(line.strip())
+        if not match:
+            continue
+        labels: Mapping[str, str] = dict(_LABEL.findall(match["labels"]))
+        if labels.get("vhost") == vhost and "queue" in labels:
+            found[labels["queue"]] = int(float(match["value"]))
+    return found
+
+
+def fetch_unacked(url: str, vhost: str, timeout: float) -> dict[str, int] | None:
+    """Queue -> unacknowledged messages, or None when the endpoint does not answer (its plugin off, a firewall)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the fleet's own address: no proxy
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return parse_unacked(response.read().decode("utf-8", "replace"), vhost)
+    except (OSError, ValueError):
+        return None
