@@ -107,7 +107,7 @@ class Fleet:
 
     hosts: tuple[Host, ...]
     beat_host: str | None
-    broker_host: str | None
+    broker_host: str | None  # the first of broker_hosts: the cluster's seed, or the one broker
     broadcast_queues: tuple[str, ...] = DEFAULT_BROADCAST_QUEUES
     broker_url: str | None = field(default=None, repr=False, compare=False)
     selected: frozenset[str] | None = None  # --limit: the hosts worked on (None: every host)
@@ -116,6 +116,7 @@ class Fleet:
     password_source: str = "secrets"
     redis_host: str | None = None  # the result backend's host (group redis), if any
     broker_metrics: bool = False  # the broker runs rabbitmq_prometheus (rabbitmq_prometheus_enabled)
+    broker_hosts: tuple[str, ...] = ()  # every host of group rabbitmq, in inventory order (a cluster: several)
 
     def limited(self, names: Iterable[str] | None) -> Fleet:
         """The same fleet with only names worked on (health, restart, broadcast); None: every host."""
@@ -314,6 +315,7 @@ def parse_inventory(data: Mapping[str, Any]) -> Fleet:
         password_source=source,
         redis_host=(members.get(REDIS_GROUP) or [None])[0],
         broker_metrics=_broker_metrics(broker_vars, bool(members.get(MONITORING_GROUP))),
+        broker_hosts=tuple(brokers),
     )
 
 
@@ -442,7 +444,9 @@ def load_fleet(
     url = environ.get("CELERY_BROKER_URL") or None
     if url is None and fleet.broker_address:
         password = fleet_password(fleet, inventory, secrets_root)
-        url = broker_url(fleet.broker_address, password) if password else None
+        # A cluster: every node, the seed first (kombu fails over between ';'-separated URLs, as the workers do).
+        addresses = [fleet.host(name).address for name in fleet.broker_hosts] or [fleet.broker_address]
+        url = ";".join(broker_url(address, password) for address in addresses) if password else None
     return replace(fleet, broker_url=url)
 
 

@@ -23,7 +23,8 @@ LONG_B = '["' + "b" * 37 + '..."]'
 
 # inventory -> what the failure must name (host, variable or group, offending value)
 EXPECTED = {
-    "bad-no-broker": ["inventory group rabbitmq must hold exactly one host; it holds 0"],
+    "bad-no-broker": ["inventory group rabbitmq must hold one host or an odd number of hosts (a cluster of 3, 5, "
+                      "...); it holds 0"],
     "bad-no-beat": ["inventory group celery_beat must hold exactly one host; it holds 0"],
     "bad-two-beat": ["inventory group celery_beat must hold exactly one host; it holds 2: worker1, worker2"],
     "bad-beat-not-worker": ["worker2: in group celery_beat but not in group celery_workers"],
@@ -62,7 +63,10 @@ EXPECTED = {
     "bad-time-limits": ["worker1: celery_worker_task_soft_time_limit (60) and celery_worker_task_time_limit (60) "
                         "must be",
                         "0 < soft < hard < 1800"],
-    "bad-two-brokers": ["inventory group rabbitmq must hold exactly one host; it holds 2: broker, worker1"],
+    "bad-two-brokers": ["inventory group rabbitmq must hold one host or an odd number of hosts", "it holds 2: broker, "
+                        "worker1. An even count adds no fault tolerance", "of two nodes either one down stops both"],
+    "bad-four-brokers": ["inventory group rabbitmq must hold one host or an odd number of hosts",
+                         "it holds 4: broker, worker1, worker2, spare-broker. An even count adds no fault tolerance"],
     "bad-no-nodes": ["worker1: celery_worker_nodes is empty"],
     "bad-queue-options-differ": ['queue urgent has options {"max_priority": 10} on node celery@worker1 but '
                                  '{"max_priority": 5} on node celery@worker2'],

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.deploy import ROOT, deploy, fingerprint, inventory_hostvars, recap, write_inventory
+from support.deploy import ROOT, deploy, fingerprint, inventory_hostvars, recap, ssh, write_inventory
 
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "redis-fleet" / "hosts.yml"
 BROKER, REDIS, W1, W2 = "rd-broker", "rd-redis", "rd-w1", "rd-w2"
@@ -30,13 +30,7 @@ PY = "cd /tmp && . /etc/conf.d/celery && exec timeout 120 /opt/celery/venv/bin/p
 
 def _ssh(host: str, command: str, timeout: float = 150, check: bool = True) -> str:
     """command run as root on a sandbox host of the fleet, its stdout."""
-    hv = inventory_hostvars(SANDBOX_INVENTORY)[host]
-    args = ["ssh", "-i", hv["ansible_ssh_private_key_file"], *shlex.split(hv.get("ansible_ssh_common_args", "")),
-            f"root@{hv['ansible_host']}", command]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{host}: {command[:80]}... exit {done.returncode}: {done.stderr[-2000:]}")
-    return done.stdout
+    return ssh(SANDBOX_INVENTORY, host, command, timeout, check)
 
 
 def _python(host: str, script: str, timeout: float = 150) -> str:

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -105,3 +106,14 @@ def pinged_nodes(worker, nodes: list[str] | None = None) -> set[str]:
     destination = f" -d {','.join(nodes)}" if nodes else ""
     result = worker.run(f"cd /tmp && {OPERATOR} inspect ping --json --timeout 3{destination}")
     return set(json.loads(result.stdout)) if result.rc == 0 else set()
+
+
+def ssh(inventory: Path, host: str, command: str, timeout: float = 150, check: bool = True) -> str:
+    """command run as root on a sandbox host of inventory over SSH (its connection variables), its stdout."""
+    hv = inventory_hostvars(inventory)[host]
+    args = ["ssh", "-i", hv["ansible_ssh_private_key_file"], *shlex.split(hv.get("ansible_ssh_common_args", "")),
+            f"root@{hv['ansible_host']}", command]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{host}: {command[:80]}... exit {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout

@@ -9,6 +9,7 @@
 #   path <path> <owner:group:mode> <sha1|->     or "path <path> absent"; "-" for a directory
 #   service stale                               a PATH changed after the running broker started
 #   cookie <path> <owner:group:mode>            the Erlang cookie (never its content)
+#   cookie-sha1 <sha1>                          and its SHA-1 (a cluster's nodes share one cookie)
 #   vhost <name> | user <name> <[tags]>         of the running broker
 #   permission <vhost> <conf> <write> <read>    permissions of USER_NAME, on every vhost
 #   password ok                                 the password on standard input authenticates USER_NAME
@@ -28,7 +29,10 @@ if [ -n "$started" ] && systemctl -q is-active rabbitmq-server.service; then
   newest=$(stat -c %Y "$@" 2>/dev/null | sort -n | tail -n 1)
   if [ "${newest:-0}" -gt "$(date -d "$started" +%s)" ]; then echo "service stale"; fi
 fi
-if [ -f "$COOKIE" ]; then echo "cookie $COOKIE $(stat -c %U:%G:%a "$COOKIE")"; fi
+if [ -f "$COOKIE" ]; then
+  echo "cookie $COOKIE $(stat -c %U:%G:%a "$COOKIE")"
+  echo "cookie-sha1 $(tr -d '\n' < "$COOKIE" | sha1sum | cut -c1-40)"
+fi
 command -v rabbitmqctl >/dev/null || exit 0
 # Vhosts, users and the user's permissions in one rabbitmqctl run: each run starts an Erlang VM
 # (about a second of CPU), the longest part of a re-deploy's broker probe. USER_NAME is the role's
