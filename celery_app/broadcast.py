@@ -57,8 +57,8 @@ def broadcast_exchange(name: str) -> Exchange:
     return Exchange(name, type="fanout", durable=True)
 
 
-def broadcast_queue(name: str, node: str | None = None) -> Broadcast:
-    """Broadcast queue name: the node's durable queue, or (node None) the sender-side routing entry."""
+def broadcast_queue(name: str, node: str | None = None, queue_type: str = "classic") -> Broadcast:
+    """Broadcast queue name: the node's durable queue (of queue_type), or (node None) the sender-side routing entry."""
     if node is None:
         # Only used to route: Celery never declares Broadcast queues when it sends.
         return Broadcast(name=name, queue=name, routing_key=name, exchange=broadcast_exchange(name))
@@ -69,7 +69,8 @@ def broadcast_queue(name: str, node: str | None = None) -> Broadcast:
         exchange=broadcast_exchange(name),
         durable=True,
         auto_delete=False,
-        queue_arguments={"x-message-ttl": QUEUE_MESSAGE_TTL * 1000, "x-expires": QUEUE_EXPIRES * 1000},
+        queue_arguments={"x-message-ttl": QUEUE_MESSAGE_TTL * 1000, "x-expires": QUEUE_EXPIRES * 1000,
+                         **({"x-queue-type": "quorum"} if queue_type == "quorum" else {})},
     )
 
 

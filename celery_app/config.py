@@ -54,9 +54,15 @@ task_default_queue = "celery"
 # Queues with options (CELERY_QUEUE_OPTIONS: max_priority, a topic exchange...) are declared as given,
 # here as on every node, so that publisher and consumer declare them alike.
 fleet_queue_options = dict(_settings.queue_options)
+# On a broker cluster the queues are quorum queues (CELERY_QUEUE_TYPE), replicated on every broker node;
+# queues only named in -Q get the same type. Celery then uses per-consumer prefetch (quorum queues have
+# no global QoS: worker_detect_quorum_queues, on by default).
+fleet_queue_type = _settings.queue_type
+task_default_queue_type = fleet_queue_type
+task_create_missing_queue_type = fleet_queue_type
 task_queues = [
-    *(_queue(name, fleet_queue_options.get(name)) for name in ("celery", "calc", "reports")),
-    *(_queue(name, options) for name, options in fleet_queue_options.items()
+    *(_queue(name, fleet_queue_options.get(name), fleet_queue_type) for name in ("celery", "calc", "reports")),
+    *(_queue(name, options, fleet_queue_type) for name, options in fleet_queue_options.items()
       if name not in ("celery", "calc", "reports") and name not in fleet_broadcast_queues),
     *(_broadcast_queue(name) for name in fleet_broadcast_queues),
 ]

@@ -47,21 +47,26 @@ SAFETY_DEFAULTS: dict[str, Any] = {
 }
 
 
-def node_queues(queues, broadcast_names, node):
+def node_queues(queues, broadcast_names, node, queue_type="classic"):
     """queues with each sender-side broadcast entry replaced by node's durable queue of that name."""
     plain = [queue for queue in queues if not is_broadcast(queue)]
-    return [*plain, *(broadcast_queue(name, node) for name in broadcast_names)]
+    return [*plain, *(broadcast_queue(name, node, queue_type) for name in broadcast_names)]
 
 
-def option_queue(name: str, options: dict | None = None) -> Queue:
+def option_queue(name: str, options: dict | None = None, queue_type: str = "classic") -> Queue:
     """Queue name bound to its exchange: by default a direct exchange of the same name and key.
 
     options (CELERY_QUEUE_OPTIONS, from the inventory): exchange, exchange_type, routing_key, and
     max_priority (the queue argument x-max-priority: RabbitMQ then delivers higher priorities first).
+    queue_type "quorum" (CELERY_QUEUE_TYPE, a broker cluster): x-queue-type quorum, unless the queue has
+    a max_priority (RabbitMQ 3.x quorum queues have no priorities: it stays classic).
     """
     options = options or {}
     exchange = Exchange(str(options.get("exchange") or name), type=str(options.get("exchange_type") or "direct"))
-    arguments = {"x-max-priority": int(options["max_priority"])} if options.get("max_priority") else None
+    if options.get("max_priority"):
+        arguments = {"x-max-priority": int(options["max_priority"])}
+    else:
+        arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
     return Queue(name, exchange, routing_key=str(options.get("routing_key") or name), queue_arguments=arguments)
 
 
@@ -102,7 +107,10 @@ def attach(app: Any, settings: Settings | None = None) -> Any:
         task_send_sent_event=settings.task_events,
         fleet_broadcast_queues=list(broadcast),
         fleet_queue_options=options,
-        task_queues=[*own, *(option_queue(name, opts) for name, opts in options.items()
+        fleet_queue_type=settings.queue_type,
+        task_default_queue_type=settings.queue_type,
+        task_create_missing_queue_type=settings.queue_type,
+        task_queues=[*own, *(option_queue(name, opts, settings.queue_type) for name, opts in options.items()
                              if name not in names and name not in broadcast),
                      *(broadcast_queue(name) for name in broadcast)],
         task_routes=[fleet_routes(broadcast), *_routes_list(conf.task_routes)],
@@ -118,7 +126,8 @@ def attach(app: Any, settings: Settings | None = None) -> Any:
 @signals.celeryd_init.connect
 def _use_node_broadcast_queues(sender=None, conf=None, instance=None, **_):
     """Give this worker node (sender: its full name) its per-node broadcast queues before -Q selects them."""
-    conf.task_queues = node_queues(conf.task_queues, conf.fleet_broadcast_queues, sender)
+    conf.task_queues = node_queues(conf.task_queues, conf.fleet_broadcast_queues, sender,
+                                   conf.get("fleet_queue_type", "classic"))
     amqp = instance.app.amqp
     if "queues" in vars(amqp):  # already built from the sender-side list: rebuild
         amqp.queues = conf.task_queues

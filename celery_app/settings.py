@@ -21,6 +21,7 @@ DEFAULTS: Mapping[str, str] = {
     "CELERY_RESULT_EXPIRES": "86400",
     "CELERY_TASK_EVENTS": "1",
     "CELERY_QUEUE_OPTIONS": "{}",
+    "CELERY_QUEUE_TYPE": "classic",
     "CELERY_BROADCAST_QUEUES": "broadcast",
     "CELERY_STATE_DIR": "/var/lib/celery",
     "CELERY_HEARTBEAT_FILE": "/var/lib/celery/heartbeat",
@@ -40,6 +41,7 @@ class Settings:
     result_expires: int
     task_events: bool  # worker_send_task_events and task_send_sent_event (Flower, event monitors)
     queue_options: Mapping[str, Mapping[str, object]]
+    queue_type: str  # "quorum" (a broker cluster) or "classic": of the task and broadcast queues
     broker_ca_file: str
     broker_cert_file: str
     broker_key_file: str
@@ -194,6 +196,7 @@ def settings_from(environ: Mapping[str, str], file_values: Mapping[str, str]) ->
         result_expires=_seconds(get("CELERY_RESULT_EXPIRES"), DEFAULTS["CELERY_RESULT_EXPIRES"]),
         task_events=get("CELERY_TASK_EVENTS").lower() not in ("0", "false", "no", "off"),
         queue_options=queue_options(get("CELERY_QUEUE_OPTIONS")),
+        queue_type="quorum" if get("CELERY_QUEUE_TYPE").lower() == "quorum" else "classic",
         broker_ca_file=get("CELERY_BROKER_CA_FILE"),
         broker_cert_file=get("CELERY_BROKER_CERT_FILE"),
         broker_key_file=get("CELERY_BROKER_KEY_FILE"),

@@ -39,6 +39,50 @@ def _fleetctl(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=GUARD)
 
 
+def _health() -> subprocess.CompletedProcess:
+    """fleetctl health until it exits 0 (bounded: nodes reconnecting after a disruption), the last run."""
+    deadline = time.monotonic() + 120
+    while True:
+        done = _fleetctl("health", "--format", "json", "--load-warn", "50", "--load-fail", "100",
+                         "--memory-warn", "99", "--memory-fail", "100", "--disk-warn", "99", "--disk-fail", "100")
+        if done.returncode == 0 or time.monotonic() > deadline:
+            return done
+        time.sleep(3)
+
+
+def _send(queue: str, count: int) -> list[str]:
+    """count record tasks to queue, published with confirms through every broker node's URL; their ids."""
+    from celery import Celery
+
+    app = Celery("cluster-tests", broker=fleet_model.load_fleet(SANDBOX_INVENTORY).broker_url, set_as_current=False)
+    # A publisher outside the fleet declares the queues as the fleet does: quorum (README, broker cluster).
+    app.conf.update(broker_connection_timeout=3, task_create_missing_queue_type="quorum",
+                    broker_transport_options={"confirm_publish": True})
+    ledger = f"cluster-{uuid.uuid4().hex[:12]}"
+    ids = [f"{ledger}-{n:03d}" for n in range(count)]
+    try:
+        with app.producer_or_acquire() as producer:
+            for task_id in ids:
+                app.send_task(RECORD, args=(ledger, 0), queue=queue, task_id=task_id, ignore_result=True,
+                              producer=producer)
+    finally:
+        app.close()
+    return ids
+
+
+def _wait_done(ids: list[str], within: float = 120) -> set[str]:
+    """Bounded wait until every task of ids has a record on a worker host; the task ids recorded."""
+    ledger = ids[0].rsplit("-", 1)[0]
+    deadline = time.monotonic() + within
+    while True:
+        done = {line.split()[0] for host in WORKERS
+                for line in _ssh(host, f"cat /var/lib/celery/records/{ledger}.log 2>/dev/null || true").splitlines()
+                if line.strip()}
+        if set(ids) <= done or time.monotonic() > deadline:
+            return done
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def fleet(sandbox_fleet):
     """The fleet, deployed once (a cold deploy on fresh hosts), and the deploy's output."""
@@ -85,29 +129,45 @@ def test_workers_and_tools_get_every_broker_node_the_seed_first(fleet):
 
 
 def test_every_node_answers_and_runs_tasks_through_the_cluster(fleet):
-    health = _fleetctl("health", "--format", "json", "--load-warn", "50", "--load-fail", "100",
-                       "--memory-warn", "99", "--memory-fail", "100", "--disk-warn", "99", "--disk-fail", "100")
+    health = _health()
     assert health.returncode == 0, health.stdout + health.stderr
-    from celery import Celery
 
-    app = Celery("cluster-tests", broker=fleet_model.load_fleet(SANDBOX_INVENTORY).broker_url, set_as_current=False)
-    app.conf.update(broker_connection_timeout=3)
-    ledger = f"cluster-{uuid.uuid4().hex[:12]}"
-    ids = [f"{ledger}-{n:03d}" for n in range(20)]
-    with app.producer_or_acquire() as producer:
-        for task_id in ids:
-            app.send_task(RECORD, args=(ledger, 0), queue="orders", task_id=task_id, ignore_result=True,
-                          producer=producer)
-    app.close()
-    deadline = time.monotonic() + 120
-    while True:
-        done = {line.split()[0] for host in WORKERS
-                for line in _ssh(host, f"cat /var/lib/celery/records/{ledger}.log 2>/dev/null || true").splitlines()
-                if line.strip()}
-        if set(ids) <= done or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    ids = _send("orders", 20)
+    done = _wait_done(ids)
     assert set(ids) <= done, f"{len(set(ids) - done)} of {len(ids)} tasks never ran"
+
+
+def test_task_and_broadcast_queues_are_quorum_queues_on_every_broker_node(fleet):
+    queues = {q["name"]: q for q in json.loads(_ssh("cl-b2", "rabbitmqctl -q list_queues -p celery name type members "
+                                                               "--formatter json"))}
+    fleet_queues = ["orders", "celery", "broadcast.orders@cl-w1", "broadcast.orders@cl-w2"]
+    for name in fleet_queues:
+        assert queues[name]["type"] == "quorum", queues[name]
+        assert sorted(queues[name]["members"]) == NODES, queues[name]
+    # What the nodes themselves consume (inspect active_queues), through the fleet's own app.
+    out = _ssh("cl-w1", "cd /tmp && . /etc/conf.d/celery && timeout 60 $CELERY_BIN -A $CELERY_APP inspect "
+                        "active_queues -j -t 5 2>/dev/null | tail -n 1")
+    active = json.loads(out)
+    for node in ("orders@cl-w1", "orders@cl-w2"):
+        types = {q["name"]: (q.get("queue_arguments") or {}).get("x-queue-type") for q in active[node]}
+        assert types == {"orders": "quorum", "celery": "quorum", f"broadcast.{node}": "quorum"}, (node, types)
+
+
+def test_tasks_keep_running_while_the_seed_broker_host_is_powered_off(fleet):
+    """The seed, which every client tries first: workers and publishers fail over to the other nodes."""
+    assert _fleetctl_sandbox("poweroff", "cl-b1").returncode == 0
+    try:
+        ids = _send("orders", 50)
+        done = _wait_done(ids, within=240)
+        assert set(ids) <= done, f"{len(set(ids) - done)} of {len(ids)} tasks never ran with cl-b1 off"
+    finally:
+        assert _fleetctl_sandbox("poweron", "cl-b1").returncode == 0
+    deadline = time.monotonic() + 180
+    while sorted(_cluster_status("cl-b2")["running_nodes"]) != NODES:  # it rejoins by itself, with its disk
+        assert time.monotonic() < deadline, "cl-b1 did not rejoin the cluster after its power came back"
+        time.sleep(2)
+    health = _health()
+    assert health.returncode == 0, health.stdout + health.stderr
 
 
 def test_a_broker_host_replaced_by_a_blank_one_rejoins_on_the_next_deploy(fleet):

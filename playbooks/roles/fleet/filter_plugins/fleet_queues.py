@@ -95,12 +95,35 @@ def _arguments(value) -> dict:
     return pairs
 
 
-def fleet_queue_drift(existing: dict, nodes_by_host: dict, broker: str = "", vhost: str = "celery") -> list:
+def _queue_type_drift(queues: dict, wanted: dict, broadcast: list, queue_type: str, broker: str, vhost: str) -> list:
+    """Messages for each fleet queue the broker holds with another type than the fleet declares it."""
+    messages = []
+    prefixes = tuple(f"{name}." for name in broadcast or [])
+    for name, arguments in sorted(queues.items()):
+        options = wanted[name][0] if name in wanted else None
+        if options is None and not (prefixes and name.startswith(prefixes)):
+            continue
+        want = "classic" if (options or {}).get("max_priority") else queue_type
+        have = str(arguments.get("x-queue-type") or "classic")
+        if have != want:
+            messages.append(
+                f"{broker}: queue {name} exists on the broker as a {have} queue, but the fleet declares it {want} "
+                f"(celery_worker_queue_type {queue_type}); RabbitMQ cannot change the type of a queue, so its nodes "
+                f"would not start. Way out: set celery_worker_queue_type: {have} for group celery_workers to keep the "
+                f"queues as they are, or stop its consumers, let it drain and delete it (rabbitmqctl delete_queue -p "
+                f"{vhost} {name}), then deploy")
+    return messages
+
+
+def fleet_queue_drift(existing: dict, nodes_by_host: dict, broker: str = "", vhost: str = "celery",
+                      queue_type: str = "", broadcast: list | None = None) -> list:
     """Messages for each fleet queue or exchange the broker holds with other options than the inventory's.
 
     existing: {"queues": [{name, arguments}], "exchanges": [{name, type}]} as rabbitmqctl lists them.
     RabbitMQ refuses to redeclare either with other arguments (PRECONDITION_FAILED - inequivalent arg):
-    the node that tries would never start, so the deploy stops before it changes anything.
+    the node that tries would never start, so the deploy stops before it changes anything. queue_type
+    (celery_worker_queue_type): the type of the task queues and of the per-node broadcast queues
+    (<broadcast>.<node>); empty: not checked.
     """
     queues = {q.get("name"): _arguments(q.get("arguments")) for q in existing.get("queues", []) or []}
     exchanges = {e.get("name"): e.get("type") for e in existing.get("exchanges", []) or []}
@@ -125,6 +148,9 @@ def fleet_queue_drift(existing: dict, nodes_by_host: dict, broker: str = "", vho
                 f"declares it {kind} (queue {name}, node {where}); RabbitMQ refuses to redeclare an exchange with "
                 f"another type. Way out: name another exchange, or delete this one once nothing publishes to it "
                 f"(on a worker host: celery -A <app> amqp exchange.delete {exchange}), then deploy")
+    if queue_type:
+        messages += _queue_type_drift(queues, fleet_queue_wanted(nodes_by_host), broadcast or [], queue_type, broker,
+                                      vhost)
     return messages
 
 
