@@ -162,3 +162,16 @@ def test_worker_node_gets_durable_per_node_broadcast_queues():
     assert mine.alias == "broadcast" and mine.durable and not mine.auto_delete
     assert (mine.exchange.name, mine.exchange.type, mine.exchange.durable) == ("broadcast", "fanout", True)
     assert mine.queue_arguments["x-message-ttl"] == QUEUE_MESSAGE_TTL * 1000
+
+
+def test_queue_type_quorum_gives_quorum_task_and_broadcast_queues_but_a_priority_queue_stays_classic():
+    from celery_app.broadcast import broadcast_queue
+    from celery_app.fleet import option_queue
+
+    assert settings_from({"CELERY_QUEUE_TYPE": "quorum"}, {}).queue_type == "quorum"
+    assert settings_from({}, {}).queue_type == "classic"
+    assert option_queue("orders", {}, "quorum").queue_arguments == {"x-queue-type": "quorum"}
+    assert option_queue("urgent", {"max_priority": 10}, "quorum").queue_arguments == {"x-max-priority": 10}
+    assert option_queue("orders").queue_arguments is None
+    assert broadcast_queue("broadcast", "calc@h1", "quorum").queue_arguments["x-queue-type"] == "quorum"
+    assert "x-queue-type" not in broadcast_queue("broadcast", "calc@h1").queue_arguments

@@ -401,3 +401,42 @@ def test_broker_metrics_follow_rabbitmq_prometheus_enabled_else_the_monitoring_g
     assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": False}, monitoring=True) is False
     assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "yes"}, monitoring=False) is True
     assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "{{ x }}"}, monitoring=True) is True
+
+
+# A broker cluster: one node out is WARN, a lost majority FAIL.
+
+CLUSTER = fleet.Fleet(
+    hosts=(*(fleet.Host(f"mq{n}", f"10.0.0.{10 + n}", ("rabbitmq",)) for n in (1, 2, 3)), *FLEET.hosts[1:3]),
+    beat_host="w2", broker_host="mq1", broadcast_queues=("broadcast",), broker_hosts=("mq1", "mq2", "mq3"),
+)
+
+
+def _cluster_probes(out: dict[str, Probe]) -> dict[str, Probe]:
+    brokers = {f"mq{n}": _probe(f"mq{n}", units=("rabbitmq-server.service",), heartbeat_age=None) for n in (1, 2, 3)}
+    return {**brokers, **{k: v for k, v in _healthy_probes().items() if k != "mq"}, **out}
+
+
+def test_one_broker_node_out_of_three_warns_naming_it_and_the_fleet_stays_healthy():
+    probes = _cluster_probes({"mq2": Probe("mq2", error="no SSH connection within 3 s", down=True)})
+    report = Report("cluster", verdict.evaluate(CLUSTER, probes, _healthy_view(), LENIENT, 30.0))
+    rows = _rows(report.rows)
+    assert rows["mq2"].status == "WARN" and report.healthy
+    assert any("2 of 3 nodes up, the cluster keeps its majority" in reason for reason in render.reasons(rows["mq2"]))
+    assert rows["mq1"].status == rows["mq3"].status == "OK"
+
+
+def test_two_broker_nodes_out_of_three_fail_saying_the_majority_is_lost():
+    stopped = _probe("mq3", units=(), heartbeat_age=None)
+    probes = _cluster_probes({"mq2": Probe("mq2", error="no SSH connection within 3 s", down=True), "mq3": stopped})
+    report = Report("cluster", verdict.evaluate(CLUSTER, probes, _healthy_view(), LENIENT, 30.0))
+    rows = _rows(report.rows)
+    assert not report.healthy and rows["mq2"].status == "DOWN" and rows["mq3"].status == "FAIL"
+    for name in ("mq2", "mq3"):
+        assert any("only 1 of 3 broker nodes up (mq2, mq3 out)" in reason for reason in render.reasons(rows[name]))
+
+
+def test_unacknowledged_counts_of_every_cluster_node_are_summed_and_a_silent_node_is_skipped(monkeypatch):
+    answers = {"http://a/": {"orders": 2}, "http://b/": None, "http://c/": {"orders": 1, "celery": 4}}
+    monkeypatch.setattr(broker_metrics, "fetch_unacked", lambda url, vhost, timeout: answers[url])
+    assert broker_metrics.fetch_unacked_all(list(answers), "celery", 1.0) == {"orders": 3, "celery": 4}
+    assert broker_metrics.fetch_unacked_all(["http://b/"], "celery", 1.0) is None

@@ -132,3 +132,22 @@ def test_inventory_listing_is_reused_until_the_inventory_changes(tmp_path):
     (tmp_path / "group_vars" / "all.yml").write_text("celery_broadcast_queues: [urgent]\n")
     changed = fleet.run_ansible_inventory(inventory)
     assert fleet.unwrap(changed["_meta"]["hostvars"]["w1"]["celery_broadcast_queues"]) == ["urgent"]
+
+
+def test_a_broker_cluster_gives_one_url_per_node_the_first_broker_host_first(tmp_path):
+    directory = tmp_path / "cluster"
+    directory.mkdir()
+    (directory / "hosts.yml").write_text(
+        "all:\n  children:\n    rabbitmq:\n      hosts:\n"
+        "        b1: {ansible_host: 10.0.0.11}\n        b2: {ansible_host: 10.0.0.12}\n"
+        "        b3: {ansible_host: '::3'}\n"
+        "    celery_workers:\n      hosts:\n        w1:\n"
+        "          celery_worker_nodes: [{name: calc, queues: [calc]}]\n"
+        "    celery_beat:\n      hosts:\n        w1:\n")
+    (tmp_path / "secrets" / "cluster").mkdir(parents=True)
+    (tmp_path / "secrets" / "cluster" / fleet.PASSWORD_FILE).write_text("pw\n")
+    loaded = fleet.load_fleet(directory / "hosts.yml", environ={}, secrets_root=tmp_path / "secrets")
+    assert loaded.broker_host == "b1" and loaded.broker_hosts == ("b1", "b2", "b3")
+    assert loaded.broker_url == ("amqp://celery:pw@10.0.0.11:5672/celery;amqp://celery:pw@10.0.0.12:5672/celery;"
+                                 "amqp://celery:pw@[::3]:5672/celery")
+    assert fleet.redact(loaded.broker_url).count("***") == 3

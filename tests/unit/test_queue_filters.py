@@ -40,3 +40,18 @@ def test_an_exchange_of_another_type_is_drift():
     [message] = queues.fleet_queue_drift(existing, NODES, "broker")
     assert message.startswith("broker: exchange feeds exists on the broker as type direct, but the inventory declares "
                               "it topic (queue feeds, node feeds@w1)")
+
+
+def test_a_queue_held_with_another_type_names_it_and_the_way_out():
+    existing = {"queues": [{"name": "celery", "arguments": {}},  # classic, the fleet wants quorum
+                           {"name": "urgent", "arguments": {"x-max-priority": 10}},  # with a priority: classic
+                           {"name": "broadcast.urgent@w2", "arguments": {"x-queue-type": "quorum"}},
+                           {"name": "broadcast.feeds@w1", "arguments": {"x-queue-type": "classic"}},
+                           {"name": "celeryev.1234", "arguments": {}}]}  # not the fleet's: Celery's own
+    messages = queues.fleet_queue_drift(existing, NODES, "b1", "celery", "quorum", ["broadcast"])
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("b1: queue broadcast.feeds@w1 exists on the broker as a classic queue, but the "
+                                  "fleet declares it quorum (celery_worker_queue_type quorum)")
+    assert "set celery_worker_queue_type: classic for group celery_workers" in messages[1]
+    assert "rabbitmqctl delete_queue -p celery celery" in messages[1]
+    assert queues.fleet_queue_drift(existing, NODES, "b1", "celery", "", ["broadcast"]) == []  # not asked

@@ -18,7 +18,7 @@ from fleetctl.health.model import (
 )
 from fleetctl.health.verdict import beat_period, checked_hosts, evaluate, fleet_queues
 from fleetctl.inventory import BROKER_VHOST, Fleet, Host
-from fleetctl.remote.broker_metrics import fetch_unacked, unacked_url
+from fleetctl.remote.broker_metrics import fetch_unacked_all, unacked_url
 from fleetctl.remote.control import CeleryView, inspect_nodes
 from fleetctl.remote.ssh import RunResult, run_on_hosts
 
@@ -66,8 +66,9 @@ def broker_unacked(fleet: Fleet, queues: Sequence[str], deadline: float) -> Back
     broker serves no such endpoint, or there is no queue to ask of)."""
     if not (queues and fleet.broker_metrics and fleet.broker_address):
         return None
-    url = unacked_url(fleet.broker_address, BROKER_VHOST)
-    return Background(lambda: fetch_unacked(url, BROKER_VHOST, max(0.1, deadline - time.monotonic())))
+    urls = [unacked_url(fleet.host(name).address, BROKER_VHOST) for name in fleet.broker_hosts] or [
+        unacked_url(fleet.broker_address, BROKER_VHOST)]
+    return Background(lambda: fetch_unacked_all(urls, BROKER_VHOST, max(0.1, deadline - time.monotonic())))
 
 
 def app_beat_period() -> float:

@@ -62,6 +62,10 @@ def _unexpected(p: Mapping[str, Any]) -> str:
 WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "host_unreachable": lambda p: f"unreachable over SSH: {p['error']}",
     "broker_unreachable": lambda p: f"broker unreachable from the controller: {p['error']}",
+    "broker_node_out": lambda p: (f"broker node out of the cluster; {p['up']} of {p['nodes']} nodes up, the cluster "
+                                  "keeps its majority"),
+    "broker_majority_lost": lambda p: (f"only {p['up']} of {p['nodes']} broker nodes up ({', '.join(p['out'])} out): "
+                                       "the cluster has lost its majority and pauses"),
     "probe_failed": lambda p: f"probe failed: {p['error']}",
     "units_active": lambda p: f"{_units(p['units'])} active",
     "unit_not_active": _unit_state,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -341,6 +342,36 @@ def queue_row(name: str, view: CeleryView, thresholds: Thresholds, unacked: Mapp
     return Row(QUEUE, name, "", worst(f.status for f in findings), tuple(findings))
 
 
+def _broker_out(row: Row) -> bool:
+    """Whether a broker host's row says its broker node is out: the host down, or rabbitmq-server not active."""
+    return row.status == DOWN or any(f.code == "unit_not_active" and f.params.get("unit") == BROKER_UNIT
+                                     for f in row.findings)
+
+
+def cluster_tolerance(fleet: Fleet, rows: Sequence[Row]) -> tuple[Row, ...]:
+    """Broker host rows of a cluster weighed by its majority: with most nodes up, a node out is WARN (the fleet still
+    works); with the majority lost, each such row FAILs saying so."""
+    if len(fleet.broker_hosts) < 2:
+        return tuple(rows)
+    brokers = set(fleet.broker_hosts)
+    out = [row.name for row in rows if row.kind == HOST and row.name in brokers and _broker_out(row)]
+    if not out:
+        return tuple(rows)
+    params = {"up": len(brokers) - len(out), "nodes": len(brokers), "out": out}
+    majority = params["up"] * 2 > params["nodes"]
+    changed = []
+    for row in rows:
+        if row.kind == HOST and row.name in out:
+            if majority:
+                kept = tuple(Finding(WARN, f.code, f.params) if f.status in (FAIL, DOWN) else f for f in row.findings)
+                row = replace(row, status=WARN, findings=(*kept, Finding(WARN, "broker_node_out", params)))
+            else:
+                row = replace(row, status=worst((row.status, FAIL)),
+                              findings=(*row.findings, Finding(FAIL, "broker_majority_lost", params)))
+        changed.append(row)
+    return tuple(changed)
+
+
 def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
              thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD,
              rolling: bool = False, unacked: Mapping[str, int] | None = None) -> tuple[Row, ...]:
@@ -359,4 +390,4 @@ def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
         rows.append(Row(HOST, "broker", "broker", FAIL, (Finding(FAIL, "broker_unreachable", {"error": view.error}),)))
     if view.depths is not None and not view.error:  # asked, and the broker answered
         rows += [queue_row(name, view, thresholds, unacked) for name in fleet_queues(fleet)]
-    return tuple(rows)
+    return cluster_tolerance(fleet, rows)

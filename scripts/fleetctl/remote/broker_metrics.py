@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 METRICS_PORT = 15692  # rabbitmq_prometheus (rabbitmq_prometheus_enabled; on with a monitoring group)
 _SERIES = re.compile(r'^rabbitmq_detailed_queue_messages_unacked\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
@@ -39,3 +40,18 @@ def fetch_unacked(url: str, vhost: str, timeout: float) -> dict[str, int] | None
             return parse_unacked(response.read().decode("utf-8", "replace"), vhost)
     except (OSError, ValueError):
         return None
+
+
+def fetch_unacked_all(urls: Sequence[str], vhost: str, timeout: float) -> dict[str, int] | None:
+    """fetch_unacked of every broker node at once, merged (a cluster's node reports the queues it leads); None when
+    no node answers."""
+    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+        found_by_node = list(pool.map(lambda url: fetch_unacked(url, vhost, timeout), urls))
+    answers = [found for found in found_by_node if found is not None]
+    if not answers:
+        return None
+    merged: dict[str, int] = {}
+    for found in answers:
+        for queue, count in found.items():
+            merged[queue] = merged.get(queue, 0) + count
+    return merged
