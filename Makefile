@@ -74,6 +74,10 @@ status: setup ## One row per host: OK / WARN / FAIL / DOWN and why [INVENTORY=pa
 restart: setup ## Rolling restart of the workers, SERIAL hosts at a time: drain, restart, verify [INVENTORY=path] [LIMIT=hosts] [SERIAL=1] [FORMAT=json|json-lines]
 	@$(BIN)/fleetctl restart --inventory "$(INVENTORY)" $(LIMIT_ARG) --serial "$(SERIAL)" --format "$(FORMAT)"
 
+.PHONY: broker-restart
+broker-restart: setup ## Rolling restart of the broker nodes, one at a time: quorum, drain, restart, revive, rejoin [INVENTORY=path] [FORMAT=json]
+	@$(BIN)/fleetctl broker restart --inventory "$(INVENTORY)" --format "$(FORMAT)"
+
 .PHONY: lint
 lint: setup ## Run ruff, shellcheck, yamllint, ansible-lint (production profile) and promtool on the alert rules
 	@scripts/system-packages.sh lint

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
 HELP = [["--help"], *[[verb, "--help"] for verb in ("deploy", "health", "status", "broadcast", "restart", "bench")],
         ["sandbox", "--help"], ["sandbox", "up", "--help"], ["sandbox", "down", "--help"],
-        ["sandbox", "status", "--help"]]
+        ["sandbox", "status", "--help"], ["broker", "--help"], ["broker", "restart", "--help"]]
 
 
 def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -53,9 +53,10 @@ def test_python_m_fleetctl_is_the_same_command():
 
 def test_every_verb_is_listed_in_the_top_level_help():
     text = parser().format_help()
-    for verb in ("deploy", "health", "status", "broadcast", "restart", "sandbox", "bench", "release", "rollback"):
+    for verb in ("deploy", "health", "status", "broadcast", "restart", "broker", "sandbox", "bench", "release",
+                 "rollback"):
         assert f"\n    {verb}" in text
-    assert len(VERBS) == 7
+    assert len(VERBS) == 8
 
 
 def test_the_exit_code_table_is_shared_by_every_verb():

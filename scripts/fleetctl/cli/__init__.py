@@ -6,13 +6,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from fleetctl.cli import bench, broadcast, deploy, health, release, restart, sandbox
+from fleetctl.cli import bench, broadcast, broker, deploy, health, release, restart, sandbox
 from fleetctl.cli.common import Output
 from fleetctl.concurrency import fast_exit
 from fleetctl.errors import EXIT_CODES, EXIT_INTERRUPTED, FleetctlError
 from fleetctl.inventory import redact
 
-VERBS = (deploy, health, broadcast, restart, sandbox, bench, release)
+VERBS = (deploy, health, broadcast, restart, broker, sandbox, bench, release)
 
 
 def _epilog() -> str:
