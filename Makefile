@@ -98,7 +98,7 @@ test: setup ## Run the whole test suite (lint, fast tier, broker and sandbox fle
 	$(BIN)/pytest $(PYTEST_ARGS) tests
 
 .PHONY: bench
-bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart rolling results events release scale"] [HOSTS=24]
+bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart rolling results events release broker scale"] [HOSTS=24]
 	@scripts/system-packages.sh sandbox
 	$(BIN)/fleetctl bench $(BENCH) $(if $(HOSTS),--hosts $(HOSTS))
 

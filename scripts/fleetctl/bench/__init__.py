@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 def benches() -> dict[str, Callable[..., list[tuple[str, str]]]]:
     """Bench name -> function (imported on use: the benches pull in Celery and Fabric)."""
+    from fleetctl.bench.broker import bench_broker
     from fleetctl.bench.deploy import bench_broadcast, bench_deploy, bench_rolling, bench_sandbox
     from fleetctl.bench.events import bench_events
     from fleetctl.bench.health import bench_health
@@ -16,9 +17,11 @@ def benches() -> dict[str, Callable[..., list[tuple[str, str]]]]:
 
     return {"sandbox": bench_sandbox, "deploy": bench_deploy, "broadcast": bench_broadcast, "health": bench_health,
             "restart": bench_restart, "rolling": bench_rolling, "scale": bench_scale, "results": bench_results,
-            "events": bench_events, "release": bench_release}
+            "events": bench_events, "release": bench_release, "broker": bench_broker}
 
 
-NAMES = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "scale", "results", "events", "release")
+NAMES = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "scale", "results", "events", "release",
+         "broker")
 # scale boots 24 hosts: only when named.
-DEFAULT = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "results", "events", "release")
+DEFAULT = ("sandbox", "deploy", "broadcast", "health", "restart", "rolling", "results", "events", "release",
+           "broker")
