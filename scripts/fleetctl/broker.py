@@ -22,7 +22,13 @@ STEPS: tuple[tuple[str, str], ...] = (
     # Every quorum queue keeps a majority online without this node (RabbitMQ's own check): stop it safely.
     ("quorum", f"{_AS_RABBITMQ} rabbitmq-upgrade -q await_online_quorum_plus_one -t {{t}}"),
     # Maintenance mode: clients are disconnected (and reconnect to the other nodes), its queue leaders move away.
-    ("drain", f"{_AS_RABBITMQ} rabbitmq-upgrade -q drain"),
+    # RabbitMQ 3.10's CLI can report a failure of a drain that happened (exit 69, "{:shutdown, 'Node was put into
+    # maintenance mode'}"): the node's own maintenance status decides then.
+    ("drain", f"{_AS_RABBITMQ} rabbitmq-upgrade -q drain || {_AS_RABBITMQ} rabbitmqctl -q cluster_status "
+              "--formatter json | python3 -c 'import json, socket, sys; "
+              "status = json.load(sys.stdin).get(\"maintenance_status\", {{}}); "
+              "node = \"rabbit@\" + socket.gethostname().split(\".\")[0]; "
+              "sys.exit(0 if status.get(node, \"not under maintenance\") != \"not under maintenance\" else 69)'"),
     ("restart", "timeout -k 5 {t} systemctl restart rabbitmq-server.service"),
     ("startup", f"{_AS_RABBITMQ} rabbitmqctl -q await_startup --timeout {{t}}"),
     # Maintenance mode outlives a restart: the node serves again only once revived.
