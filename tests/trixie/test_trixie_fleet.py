@@ -2,7 +2,9 @@
 
 The module brings up a trixie sandbox fleet of its own (tests/trixie/trixie-fleet/hosts.yml), deploys
 it once cold and once warm, and checks what the default (Debian 12) fleet's suites check, in short:
-health, broadcast, a rolling restart under load, the broker's users. It also shows that a broker tool
+health, broadcast, a rolling restart under load, the broker's users. Its broker is a three-node
+RabbitMQ 4 cluster with quorum queues, where nothing the fleet declares uses a feature RabbitMQ 4
+deprecates (transient non-exclusive queues, global QoS: RabbitMQ 4.3 refuses the first). It also shows that a broker tool
 that does not return fails the deploy, naming host and command, instead of hanging it. The waits are
 bounded guards against hanging, not speed measurements.
 """
@@ -25,7 +27,9 @@ from support.deploy import recap
 from support.fleet import FLEETCTL, ROOT, Fleet, fleet_env
 
 INVENTORY = Path(__file__).resolve().parent / "trixie-fleet" / "hosts.yml"
-BROKER, WORKERS = "tx-broker", ("tx-worker1", "tx-worker2")
+BROKERS = ("tx-broker", "tx-broker2", "tx-broker3")
+BROKER, WORKERS = BROKERS[0], ("tx-worker1", "tx-worker2")
+RABBIT_NODES = sorted(f"rabbit@{name}" for name in BROKERS)
 NODES = {"calc@tx-worker1", "reports@tx-worker1", "celery@tx-worker2"}
 RECORD = "celery_app.tasks.examples.record"
 RECORDS = "/var/lib/celery/records"
@@ -85,13 +89,14 @@ def deployed(trixie_fleet) -> Fleet:
 
 @pytest.fixture(scope="module")
 def app(deployed):
-    """A Celery app on the trixie fleet's broker (the URL the deploy gave the workers)."""
+    """A Celery app on the trixie fleet's broker (the URL list the deploy gave the workers), its queues quorum."""
     from celery import Celery
 
     url = load_fleet(INVENTORY).broker_url
     assert url, "the trixie fleet has no broker URL"
     app = Celery("trixie-tests", broker=url, set_as_current=False)
-    app.conf.update(accept_content=["json"], broker_connection_timeout=3)
+    app.conf.update(accept_content=["json"], broker_connection_timeout=3, task_create_missing_queue_type="quorum",
+                    task_default_queue_type="quorum")
     yield app
     app.close()
 
@@ -118,10 +123,11 @@ def _send(app, ledger: str, first: int, count: int) -> list[str]:
 
 def test_cold_deploy_succeeds_on_debian_13_and_the_broker_runs_rabbitmq_4(trixie_fleet):
     assert _failed_hosts(trixie_fleet.deploy_output) == [], trixie_fleet.deploy_output[-4000:]
-    for name in (BROKER, *WORKERS):
+    for name in (*BROKERS, *WORKERS):
         assert trixie_fleet.host(name).check_output(". /etc/os-release && echo $VERSION_ID") == "13"
-    version = trixie_fleet.host(BROKER).check_output("rabbitmqctl -q version")
-    assert version.split(".")[0] == "4", version
+    for name in BROKERS:
+        version = trixie_fleet.host(name).check_output("rabbitmqctl -q version")
+        assert version.split(".")[0] == "4", (name, version)
     assert trixie_fleet.host(WORKERS[0]).check_output("/opt/celery/venv/bin/python -c "
                                                       "'import sys; print(sys.version_info[:2] >= (3, 13))'") == "True"
 
@@ -129,7 +135,29 @@ def test_cold_deploy_succeeds_on_debian_13_and_the_broker_runs_rabbitmq_4(trixie
 def test_second_deploy_changes_nothing(deployed):
     output = _succeeded(_make("deploy"))
     assert {name: counts["changed"] for name, counts in recap(output).items()} == dict.fromkeys(
-        (BROKER, *WORKERS), 0)
+        (*BROKERS, *WORKERS), 0)
+
+
+def test_three_rabbitmq_4_nodes_form_one_cluster_with_quorum_task_queues(deployed):
+    for name in BROKERS:
+        status = json.loads(deployed.host(name).check_output("rabbitmqctl -q cluster_status --formatter json"))
+        assert sorted(status["disk_nodes"]) == RABBIT_NODES, (name, status["disk_nodes"])
+        assert sorted(status["running_nodes"]) == RABBIT_NODES, (name, status["running_nodes"])
+        assert status["cluster_name"] == "celery-fleet" and not status["partitions"], (name, status)
+    queues = {q["name"]: q for q in json.loads(deployed.host(BROKERS[1]).check_output(
+        "rabbitmqctl -q list_queues -p celery name type members --formatter json"))}
+    for name in (*QUEUES, *(f"broadcast.{node}" for node in NODES)):
+        assert queues[name]["type"] == "quorum", queues[name]
+        assert sorted(queues[name]["members"]) == RABBIT_NODES, queues[name]
+    # What the nodes consume (inspect active_queues, through the fleet's own app on a worker host).
+    out = deployed.host(WORKERS[0]).check_output(
+        "cd /tmp && . /etc/conf.d/celery && timeout 60 $CELERY_BIN -A $CELERY_APP inspect active_queues -j -t 5 "
+        "2>/dev/null | tail -n 1")
+    active = json.loads(out)
+    assert set(active) == NODES
+    for node, consumed in active.items():
+        types = {q["name"]: (q.get("queue_arguments") or {}).get("x-queue-type") for q in consumed}
+        assert set(types.values()) == {"quorum"}, (node, types)
 
 
 def test_fleet_is_healthy(deployed):
@@ -187,6 +215,14 @@ def test_fleet_user_logs_in_and_guest_is_gone(deployed, app):
     login = worker.run("cd /tmp && /opt/celery/venv/bin/python -c 'from celery_app.app import app; "
                        "app.connection_for_write().ensure_connection(max_retries=1, timeout=10)'")
     assert login.rc == 0, login.stderr[-2000:]
+
+
+def test_nothing_the_fleet_declared_uses_a_feature_rabbitmq_4_deprecates(deployed):
+    # By now the fleet has run tasks, a broadcast, health and a rolling restart (control, event and
+    # reply queues included). RabbitMQ 4.3 refuses transient non-exclusive queues outright.
+    for name in BROKERS:
+        check = deployed.host(name).run("rabbitmq-diagnostics -q check_if_any_deprecated_features_are_used")
+        assert check.rc == 0, (name, check.stdout + check.stderr)
 
 
 def test_stuck_broker_tool_fails_the_deploy_naming_host_and_command(deployed):
