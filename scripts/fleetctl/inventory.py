@@ -314,19 +314,20 @@ def parse_inventory(data: Mapping[str, Any]) -> Fleet:
         broadcast_queues=_broadcast_queues(workers, hostvars),
         password_source=source,
         redis_host=(members.get(REDIS_GROUP) or [None])[0],
-        broker_metrics=_broker_metrics(broker_vars, bool(members.get(MONITORING_GROUP))),
+        broker_metrics=_broker_metrics(broker_vars, bool(members.get(MONITORING_GROUP)) or len(brokers) > 1),
         broker_hosts=tuple(brokers),
     )
 
 
-def _broker_metrics(broker_vars: Mapping[str, Any], monitoring: bool) -> bool:
-    """rabbitmq_prometheus_enabled as the role resolves it: the inventory's value, else on with a monitoring host."""
+def _broker_metrics(broker_vars: Mapping[str, Any], default_on: bool) -> bool:
+    """rabbitmq_prometheus_enabled as the role resolves it: the inventory's value, else on with a monitoring host or a
+    cluster (default_on)."""
     value = broker_vars.get("rabbitmq_prometheus_enabled")
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and "{" not in value:
         return value.strip().lower() in ("true", "yes", "on", "1")
-    return monitoring
+    return default_on
 
 
 def broker_url(address: str, password: str) -> str:

@@ -169,6 +169,25 @@ def test_task_and_broadcast_queues_are_quorum_queues_on_every_broker_node(fleet)
         assert types == {"orders": "quorum", "celery": "quorum", f"broadcast.{node}": "quorum"}, (node, types)
 
 
+def test_health_fails_naming_the_node_whose_memory_alarm_blocks_the_publishers(fleet):
+    watermark = _ssh("cl-b2", "rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().'").strip()
+    try:
+        _ssh("cl-b2", "rabbitmqctl -q set_vm_memory_high_watermark 0.0001")
+        deadline = time.monotonic() + 60
+        while (rows := _health_rows()[1])["cl-b2"]["status"] != "FAIL":
+            assert time.monotonic() < deadline, rows["cl-b2"]
+            time.sleep(2)
+        assert "memory used watermark alarm in effect: RabbitMQ blocks every publisher of the cluster" in \
+            rows["cl-b2"]["reasons"], rows["cl-b2"]
+        assert rows["cl-b1"]["status"] == rows["cl-b3"]["status"] == "OK", (rows["cl-b1"], rows["cl-b3"])
+    finally:
+        _ssh("cl-b2", f"rabbitmqctl -q set_vm_memory_high_watermark {watermark}")
+    deadline = time.monotonic() + 60
+    while (health := _health()).returncode != 0:
+        assert time.monotonic() < deadline, health.stdout + health.stderr
+        time.sleep(2)
+
+
 def test_health_warns_with_one_broker_node_off_and_fails_when_the_majority_is_lost(fleet):
     try:
         assert _fleetctl_sandbox("poweroff", "cl-b3").returncode == 0

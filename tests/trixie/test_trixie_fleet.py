@@ -4,9 +4,9 @@ The module brings up a trixie sandbox fleet of its own (tests/trixie/trixie-flee
 it once cold and once warm, and checks what the default (Debian 12) fleet's suites check, in short:
 health, broadcast, a rolling restart under load, the broker's users. Its broker is a three-node
 RabbitMQ 4 cluster with quorum queues, where nothing the fleet declares uses a feature RabbitMQ 4
-deprecates (transient non-exclusive queues, global QoS: RabbitMQ 4.3 refuses the first). It also shows that a broker tool
-that does not return fails the deploy, naming host and command, instead of hanging it. The waits are
-bounded guards against hanging, not speed measurements.
+deprecates (transient non-exclusive queues, global QoS: RabbitMQ 4.3 refuses the first). It also
+shows that a broker tool that does not return fails the deploy, naming host and command, instead of
+hanging it. The waits are bounded guards against hanging, not speed measurements.
 """
 from __future__ import annotations
 

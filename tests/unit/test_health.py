@@ -395,12 +395,12 @@ def test_unacknowledged_counts_are_read_from_the_fleet_vhost_of_the_broker_metri
     assert broker_metrics.unacked_url("fd00::5", "celery").startswith("http://[fd00::5]:15692/")
 
 
-def test_broker_metrics_follow_rabbitmq_prometheus_enabled_else_the_monitoring_group():
-    assert fleet._broker_metrics({}, monitoring=True) is True
-    assert fleet._broker_metrics({}, monitoring=False) is False
-    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": False}, monitoring=True) is False
-    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "yes"}, monitoring=False) is True
-    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "{{ x }}"}, monitoring=True) is True
+def test_broker_metrics_follow_rabbitmq_prometheus_enabled_else_a_monitoring_group_or_a_cluster():
+    assert fleet._broker_metrics({}, default_on=True) is True
+    assert fleet._broker_metrics({}, default_on=False) is False
+    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": False}, default_on=True) is False
+    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "yes"}, default_on=False) is True
+    assert fleet._broker_metrics({"rabbitmq_prometheus_enabled": "{{ x }}"}, default_on=True) is True
 
 
 # A broker cluster: one node out is WARN, a lost majority FAIL.
@@ -440,3 +440,48 @@ def test_unacknowledged_counts_of_every_cluster_node_are_summed_and_a_silent_nod
     monkeypatch.setattr(broker_metrics, "fetch_unacked", lambda url, vhost, timeout: answers[url])
     assert broker_metrics.fetch_unacked_all(list(answers), "celery", 1.0) == {"orders": 3, "celery": 4}
     assert broker_metrics.fetch_unacked_all(["http://b/"], "celery", 1.0) is None
+
+
+NODE_METRICS = "\n".join([
+    "# TYPE erlang_vm_dist_node_state gauge",
+    'erlang_vm_dist_node_state{peer="rabbit@mq2"} 3',
+    'erlang_vm_dist_node_state{peer="rabbit@mq3"} 1',
+    'erlang_vm_dist_node_state{peer="rabbitmqcli-1-rabbit@mq1"} 3',
+    'rabbitmq_identity_info{rabbitmq_node="rabbit@mq1",rabbitmq_cluster="celery-fleet"} 1',
+    "rabbitmq_alarms_file_descriptor_limit 0",
+    "rabbitmq_alarms_free_disk_space_watermark 0",
+    "rabbitmq_alarms_memory_used_watermark 1",
+])
+
+
+def test_a_node_says_its_alarms_and_the_cluster_nodes_it_is_linked_to():
+    assert broker_metrics.parse_node_state(NODE_METRICS) == {
+        "node": "rabbit@mq1", "cluster": "celery-fleet", "alarms": ["memory_used_watermark"], "peers": ["rabbit@mq2"]}
+    assert broker_metrics.parse_node_state("rabbitmq_alarms_memory_used_watermark 0")["peers"] is None
+    assert broker_metrics.node_url("fd00::5") == "http://[fd00::5]:15692/metrics"
+
+
+def _state(node: str, peers: list[str] | None, alarms: list[str] = ()) -> dict:
+    return {"node": f"rabbit@{node}", "cluster": "celery-fleet", "alarms": list(alarms),
+            "peers": None if peers is None else [f"rabbit@{p}" for p in peers]}
+
+
+def test_a_broker_alarm_fails_the_node_saying_publishers_are_blocked():
+    states = {"mq1": _state("mq1", ["mq2", "mq3"]), "mq2": _state("mq2", ["mq1", "mq3"], ["memory_used_watermark"]),
+              "mq3": _state("mq3", ["mq1", "mq2"])}
+    report = Report("cluster", verdict.evaluate(CLUSTER, _cluster_probes({}), _healthy_view(), LENIENT, 30.0,
+                                                broker_states=states))
+    rows = _rows(report.rows)
+    assert not report.healthy and rows["mq2"].status == "FAIL" and rows["mq1"].status == rows["mq3"].status == "OK"
+    assert render.reasons(rows["mq2"]) == (
+        "memory used watermark alarm in effect: RabbitMQ blocks every publisher of the cluster",)
+
+
+def test_nodes_that_answer_but_are_not_linked_fail_as_a_partition_and_a_silent_node_is_left_to_its_host_row():
+    states = {"mq1": _state("mq1", ["mq2"]), "mq2": _state("mq2", ["mq1"]), "mq3": _state("mq3", [])}
+    rows = _rows(verdict.evaluate(CLUSTER, _cluster_probes({}), _healthy_view(), LENIENT, 30.0, broker_states=states))
+    assert render.reasons(rows["mq3"]) == ("partition: rabbit@mq3 has no link to rabbit@mq1, rabbit@mq2",)
+    assert render.reasons(rows["mq1"]) == ("partition: rabbit@mq1 has no link to rabbit@mq3",)
+    quiet = {"mq1": _state("mq1", ["mq2"]), "mq2": _state("mq2", ["mq1"]), "mq3": None}
+    assert verdict.broker_node_findings(quiet) == {}
+    assert verdict.broker_node_findings({"mq1": _state("mq1", None), "mq2": _state("mq2", None)}) == {}

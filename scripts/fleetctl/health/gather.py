@@ -18,7 +18,7 @@ from fleetctl.health.model import (
 )
 from fleetctl.health.verdict import beat_period, checked_hosts, evaluate, fleet_queues
 from fleetctl.inventory import BROKER_VHOST, Fleet, Host
-from fleetctl.remote.broker_metrics import fetch_unacked_all, unacked_url
+from fleetctl.remote.broker_metrics import fetch_node_states, fetch_unacked_all, node_url, unacked_url
 from fleetctl.remote.control import CeleryView, inspect_nodes
 from fleetctl.remote.ssh import RunResult, run_on_hosts
 
@@ -71,6 +71,15 @@ def broker_unacked(fleet: Fleet, queues: Sequence[str], deadline: float) -> Back
     return Background(lambda: fetch_unacked_all(urls, BROKER_VHOST, max(0.1, deadline - time.monotonic())))
 
 
+def broker_states(fleet: Fleet, deadline: float) -> Background | None:
+    """Every broker node's own state (alarms, cluster links) from its metrics endpoint, asked in the background (None:
+    the broker serves no such endpoint)."""
+    if not (fleet.broker_metrics and fleet.broker_hosts):
+        return None
+    urls = {name: node_url(fleet.host(name).address) for name in fleet.broker_hosts}
+    return Background(lambda: fetch_node_states(urls, max(0.1, deadline - time.monotonic())))
+
+
 def app_beat_period() -> float:
     """The heartbeat period of the app's beat_schedule (celery_app/config.py)."""
     try:
@@ -98,11 +107,13 @@ def check(fleet: Fleet, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     celery = Background(lambda: inspect_nodes(broker_url, fleet.node_names, ping_timeout, connect_timeout, deadline,
                                               queues))
     unacked = broker_unacked(fleet, queues, deadline)
+    states = broker_states(fleet, deadline)
     view = celery.result(deadline + 0.5, default=CeleryView(timeout=ping_timeout,
                                                             error=f"no answer within {bound:g} s"))
     probes = ssh.result(deadline + 0.5, default={})
     from fleetctl.release import rollout_running  # here: fleetctl.release imports the restart, which imports this
 
     rows = evaluate(fleet, probes, view, thresholds, period, rolling=bool(inventory) and rollout_running(inventory),
-                    unacked=unacked.result(deadline + 0.5) if unacked else None)
+                    unacked=unacked.result(deadline + 0.5) if unacked else None,
+                    broker_states=states.result(deadline + 0.5) if states else None)
     return Report(inventory=inventory, rows=rows, elapsed=time.monotonic() - started, bound=bound)

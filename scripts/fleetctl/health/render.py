@@ -66,6 +66,9 @@ WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
                                   "keeps its majority"),
     "broker_majority_lost": lambda p: (f"only {p['up']} of {p['nodes']} broker nodes up ({', '.join(p['out'])} out): "
                                        "the cluster has lost its majority and pauses"),
+    "broker_alarm": lambda p: (f"{', '.join(a.replace('_', ' ') for a in p['alarms'])} alarm in effect: RabbitMQ "
+                               "blocks every publisher of the cluster"),
+    "broker_partitioned": lambda p: f"partition: {p['node']} has no link to {', '.join(p['from'])}",
     "probe_failed": lambda p: f"probe failed: {p['error']}",
     "units_active": lambda p: f"{_units(p['units'])} active",
     "unit_not_active": _unit_state,

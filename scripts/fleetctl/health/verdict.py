@@ -372,11 +372,40 @@ def cluster_tolerance(fleet: Fleet, rows: Sequence[Row]) -> tuple[Row, ...]:
     return tuple(changed)
 
 
+def broker_node_findings(states: Mapping[str, Mapping[str, Any] | None]) -> dict[str, list[Finding]]:
+    """What is wrong with each broker node by its own metrics (host -> state, None: no answer): an alarm in effect
+    (RabbitMQ then blocks the publishers of the whole cluster), or no link to another node that answers (a
+    partition). A node that does not answer is judged by its host row alone."""
+    answering = {host: state for host, state in states.items() if state and state.get("node")}
+    found: dict[str, list[Finding]] = {}
+    for host, state in answering.items():
+        findings = []
+        if state.get("alarms"):
+            findings.append(Finding(FAIL, "broker_alarm", {"alarms": list(state["alarms"])}))
+        others = sorted(other["node"] for name, other in answering.items() if name != host)
+        peers = state.get("peers")
+        unlinked = [node for node in others if node not in peers] if peers is not None else []
+        if unlinked:
+            findings.append(Finding(FAIL, "broker_partitioned", {"node": state["node"], "from": unlinked}))
+        if findings:
+            found[host] = findings
+    return found
+
+
+def _with_broker_findings(rows: Sequence[Row], found: Mapping[str, list[Finding]]) -> list[Row]:
+    """rows, each broker host's row with the findings of its node's metrics added."""
+    return [replace(row, status=worst((row.status, *(f.status for f in found[row.name]))),
+                    findings=(*row.findings, *found[row.name]))
+            if row.kind == HOST and row.name in found else row for row in rows]
+
+
 def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
              thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD,
-             rolling: bool = False, unacked: Mapping[str, int] | None = None) -> tuple[Row, ...]:
+             rolling: bool = False, unacked: Mapping[str, int] | None = None,
+             broker_states: Mapping[str, Mapping[str, Any] | None] | None = None) -> tuple[Row, ...]:
     """Every row of the verdict, hosts in inventory order each followed by its nodes (rolling: a release
-    rollout is running, so release drift is expected; unacked: see queue_row)."""
+    rollout is running, so release drift is expected; unacked: see queue_row; broker_states: see
+    broker_node_findings)."""
     processes = worker_processes(probes)
     heartbeat = fleet_heartbeat(fleet, probes, thresholds, period)
     releases = fleet_releases(fleet, probes)
@@ -390,4 +419,6 @@ def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
         rows.append(Row(HOST, "broker", "broker", FAIL, (Finding(FAIL, "broker_unreachable", {"error": view.error}),)))
     if view.depths is not None and not view.error:  # asked, and the broker answered
         rows += [queue_row(name, view, thresholds, unacked) for name in fleet_queues(fleet)]
+    if broker_states:
+        rows = _with_broker_findings(rows, broker_node_findings(broker_states))
     return cluster_tolerance(fleet, rows)

@@ -1,4 +1,4 @@
-"""Messages unacknowledged per queue, read from the broker's rabbitmq_prometheus endpoint (no login, no AMQP)."""
+"""The broker's rabbitmq_prometheus endpoint (no login, no AMQP): unacked messages per queue, node alarms and links."""
 from __future__ import annotations
 
 import re
@@ -6,6 +6,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 METRICS_PORT = 15692  # rabbitmq_prometheus (rabbitmq_prometheus_enabled; on with a monitoring group)
 _SERIES = re.compile(r'^rabbitmq_detailed_queue_messages_unacked\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
@@ -55,3 +56,52 @@ def fetch_unacked_all(urls: Sequence[str], vhost: str, timeout: float) -> dict[s
         for queue, count in found.items():
             merged[queue] = merged.get(queue, 0) + count
     return merged
+
+
+_NODE_SERIES = re.compile(r'^(?P<name>rabbitmq_alarms_\w+|rabbitmq_identity_info|erlang_vm_dist_node_state)'
+                          r'(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$')
+DIST_UP = 3  # erlang_vm_dist_node_state: 1 pending, 2 up_pending, 3 up
+
+
+def node_url(address: str, port: int = METRICS_PORT) -> str:
+    """The node's own endpoint (/metrics: its alarms, its identity, its Erlang distribution links)."""
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}/metrics"
+
+
+def parse_node_state(text: str) -> dict[str, Any]:
+    """What one node says of itself: its name, its cluster's name, the alarms in effect and the peers it is linked to
+    (peers None: the endpoint shows no Erlang distribution link at all)."""
+    state: dict[str, Any] = {"node": None, "cluster": None, "alarms": [], "peers": None}
+    for line in text.splitlines():
+        match = _NODE_SERIES.match(line.strip())
+        if not match:
+            continue
+        labels: Mapping[str, str] = dict(_LABEL.findall(match["labels"] or ""))
+        value = float(match["value"])
+        if match["name"] == "rabbitmq_identity_info":
+            state["node"], state["cluster"] = labels.get("rabbitmq_node"), labels.get("rabbitmq_cluster")
+        elif match["name"] == "erlang_vm_dist_node_state":
+            state["peers"] = state["peers"] or []
+            if value == DIST_UP and labels.get("peer", "").startswith("rabbit@"):
+                state["peers"].append(labels["peer"])
+        elif value > 0:
+            state["alarms"].append(match["name"].removeprefix("rabbitmq_alarms_"))
+    return state
+
+
+def fetch_node_state(url: str, timeout: float) -> dict[str, Any] | None:
+    """parse_node_state of the node at url, or None when its endpoint does not answer."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return parse_node_state(response.read().decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
+
+
+def fetch_node_states(urls: Mapping[str, str], timeout: float) -> dict[str, dict[str, Any] | None]:
+    """fetch_node_state of every broker host (host -> url) at once."""
+    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+        states = list(pool.map(lambda url: fetch_node_state(url, timeout), urls.values()))
+    return dict(zip(urls, states))
