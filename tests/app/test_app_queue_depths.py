@@ -13,7 +13,9 @@ from fleetctl.remote.control import CeleryView, inspect_nodes, queue_depths
 
 def test_depths_count_messages_ready_and_consumers_and_a_missing_queue_is_none(broker_url):
     name, missing = f"depth-{uuid.uuid4().hex[:8]}", f"missing-{uuid.uuid4().hex[:8]}"
-    with Connection(broker_url) as conn:
+    # Publisher confirms: both messages are on the queue before its depth is asked (a plain publish is
+    # asynchronous, and the broker may count one of two for a moment).
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:
         queue = Queue(name, Exchange(name), name, auto_delete=False)
         producer = conn.Producer()
         producer.publish({"n": 1}, exchange=queue.exchange, routing_key=name, declare=[queue], serializer="json")
