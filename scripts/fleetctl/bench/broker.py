@@ -5,19 +5,18 @@ host and one worker host (classic queues), and three broker hosts and one worker
 each worker host, with the fleet's own settings (/etc/conf.d/celery: publisher confirms, prefetch 1):
 publishes per second (TASKS tasks sent with confirms to a queue nobody consumes, then deleted), and the
 end-to-end rate (bench.results: a throwaway node, tasks sent and every result read back). Then the time of
-`fleetctl broker restart` of the three idle cluster nodes. Both fleets are taken down afterwards.
+`fleetctl broker restart` of the three idle cluster nodes. Both fleets are taken down afterwards. On the
+single broker's worker host, the fleet's settings next to stock Celery defaults (``bench.settings``).
 """
 from __future__ import annotations
 
 import json
-import shlex
 import statistics
 from pathlib import Path
 
-from fleetctl import inventory as fleet_model
 from fleetctl.bench.results import TASKS, task_rates
-from fleetctl.bench.support import BENCH_DIR, BenchError, down, fleetctl_command, timed, up
-from fleetctl.remote.ssh import connection
+from fleetctl.bench.settings import settings_rows
+from fleetctl.bench.support import BENCH_DIR, BenchError, down, fleetctl_command, run_script, timed, up
 
 ROUNDS = 2
 # On the worker host, /etc/conf.d/celery sourced: publishes per second with the fleet's app, confirms on.
@@ -50,14 +49,9 @@ def _inventory(name: str, brokers: int) -> Path:
 
 def publish_rates(inventory, host_name: str, tasks: int = TASKS, rounds: int = ROUNDS) -> list[float]:
     """Publishes per second with confirms, from the fleet's app on a deployed worker host."""
-    host = fleet_model.load_fleet(inventory).host(host_name)
-    command = (". /etc/conf.d/celery && export CELERY_BROKER_URL CELERY_QUEUE_TYPE && cd /tmp && "
-               f"/opt/celery/venv/bin/python -c {shlex.quote(_PUBLISH)} {tasks} {rounds}")
-    with connection(host, 10) as cxn:
-        result = cxn.run(command, hide=True, warn=True, in_stream=False)
-    if result.exited != 0:
-        raise BenchError(f"publish bench on {host_name} failed:\n{result.stderr[-2000:]}")
-    return [float(value) for value in result.stdout.split()]
+    out = run_script(inventory, host_name, _PUBLISH, str(tasks), str(rounds),
+                     exports="CELERY_BROKER_URL CELERY_QUEUE_TYPE", what="publish bench")
+    return [float(value) for value in out.split()]
 
 
 def bench_broker() -> list[tuple[str, str]]:
@@ -81,6 +75,7 @@ def bench_broker() -> list[tuple[str, str]]:
             rows += [(f"{TASKS} {what}, one classic broker (median of {ROUNDS})", f"{s:.0f} {unit}"),
                      (f"{TASKS} {what}, 3-node quorum cluster (median of {ROUNDS})", f"{c:.0f} {unit}"),
                      ("  cluster / single (target >= 0.5x)", f"{c / s:.2f}x ({'met' if c / s >= 0.5 else 'NOT met'})")]
+        rows += settings_rows(single, "bsingle-w1")
         seconds, out = timed(fleetctl_command("broker", "restart", "--inventory", str(cluster), "--format", "json"))
         if not json.loads(out).get("ok"):  # timed() raises already when it exits non-zero
             raise BenchError(f"fleetctl broker restart failed:\n{out[-2000:]}")

@@ -10,11 +10,8 @@ Same fleet, same host, same run; only the result backend differs.
 from __future__ import annotations
 
 import json
-import shlex
 
-from fleetctl import inventory as fleet_model
-from fleetctl.bench.support import BENCH_DIR, BenchError, down, timed, up
-from fleetctl.remote.ssh import connection
+from fleetctl.bench.support import BENCH_DIR, down, run_script, timed, up
 
 TASKS = 500
 NAME = "results"
@@ -68,15 +65,9 @@ def task_rates(inventory, host_name: str, variants: dict[str, dict[str, str]], t
                rounds: int = 1) -> dict[str, list[float]]:
     """Tasks per second, send to result read back, per variant (environment on top of the host's), each
     run `rounds` times in turn on a throwaway node of a deployed worker host."""
-    host = fleet_model.load_fleet(inventory).host(host_name)
-    command = (". /etc/conf.d/celery && export CELERY_RESULT_BACKEND CELERY_BIN CELERY_TASK_EVENTS && cd /tmp && "
-               f"/opt/celery/venv/bin/python -c {shlex.quote(_SCRIPT)} {tasks} {rounds} "
-               f"{shlex.quote(json.dumps(variants))}")
-    with connection(host, 10) as cxn:
-        result = cxn.run(command, hide=True, warn=True, in_stream=False)
-    if result.exited != 0:
-        raise BenchError(f"bench on {host_name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script(inventory, host_name, _SCRIPT, str(tasks), str(rounds), json.dumps(variants),
+                     exports="CELERY_RESULT_BACKEND CELERY_BIN CELERY_TASK_EVENTS", what="bench")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def result_rates(inventory, host_name: str, tasks: int = TASKS) -> dict[str, float]:
