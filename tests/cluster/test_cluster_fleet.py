@@ -169,6 +169,24 @@ def test_task_and_broadcast_queues_are_quorum_queues_on_every_broker_node(fleet)
         assert types == {"orders": "quorum", "celery": "quorum", f"broadcast.{node}": "quorum"}, (node, types)
 
 
+def test_health_warns_of_a_quorum_replica_missing_on_a_node_and_a_redeploy_grows_it_back(fleet):
+    rows = _health_rows()[1]
+    assert any(fact.startswith("quorum queue, 3 of 3 replicas online, leader on cl-b")
+               for fact in rows["orders"]["facts"]), rows["orders"]
+    try:
+        _ssh("cl-b3", "rabbitmq-queues delete_member -p celery orders rabbit@cl-b3")
+        code, rows = _health_rows()
+        assert code == 0 and rows["orders"]["status"] == "WARN", rows["orders"]
+        assert rows["orders"]["reasons"] == ["no replica on cl-b3 (its node is up: a re-deploy grows the queue to it)"]
+        done = deploy(SANDBOX_INVENTORY)
+        assert done.returncode == 0, done.stdout[-3000:]
+    finally:  # whatever happened, the next tests get the queue on all three nodes
+        _ssh("cl-b3", "rabbitmq-queues add_member -p celery orders rabbit@cl-b3", check=False)
+    code, rows = _health_rows()
+    assert code == 0 and rows["orders"]["status"] == "OK", rows["orders"]
+    assert any(fact.startswith("quorum queue, 3 of 3 replicas online") for fact in rows["orders"]["facts"])
+
+
 def test_health_fails_naming_the_node_whose_memory_alarm_blocks_the_publishers(fleet):
     watermark = _ssh("cl-b2", "rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().'").strip()
     try:
@@ -195,6 +213,8 @@ def test_health_warns_with_one_broker_node_off_and_fails_when_the_majority_is_lo
         assert code == 0 and rows["cl-b3"]["status"] == "WARN", rows["cl-b3"]
         assert any("2 of 3 nodes up, the cluster keeps its majority" in r for r in rows["cl-b3"]["reasons"])
         assert rows["cl-b1"]["status"] == rows["cl-b2"]["status"] == "OK"
+        assert rows["orders"]["status"] == "WARN", rows["orders"]  # its replica on cl-b3 is out
+        assert rows["orders"]["reasons"][0].startswith("quorum queue, 2 of 3 replicas online (cl-b3 not answering)")
         refused = _fleetctl("broker", "restart")  # a degraded cluster is not restarted: it says why
         assert refused.returncode == 1 and "cluster degraded, nothing restarted" in refused.stdout, refused.stdout
         assert "cl-b3: broker not running or not answering" in refused.stdout, refused.stdout

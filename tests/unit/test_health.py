@@ -390,9 +390,19 @@ def test_unacknowledged_counts_are_read_from_the_fleet_vhost_of_the_broker_metri
         'rabbitmq_detailed_queue_messages_unacked{vhost="celery",queue="we\\"ird"} 0',
     ])
     assert broker_metrics.parse_unacked(text, "celery") == {"calc": 3, 'we\\"ird': 0}
-    assert broker_metrics.unacked_url("10.0.0.5", "celery") == (
-        "http://10.0.0.5:15692/metrics/detailed?vhost=celery&family=queue_coarse_metrics")
-    assert broker_metrics.unacked_url("fd00::5", "celery").startswith("http://[fd00::5]:15692/")
+    assert broker_metrics.queues_url("10.0.0.5", "celery") == (
+        "http://10.0.0.5:15692/metrics/detailed?vhost=celery&family=queue_coarse_metrics&family=ra_metrics")
+    assert broker_metrics.queues_url("fd00::5", "celery").startswith("http://[fd00::5]:15692/")
+
+
+def test_a_node_holds_a_member_of_each_quorum_queue_it_reports_raft_series_for():
+    text = "\n".join([
+        'rabbitmq_detailed_raft_term_total{vhost="celery",queue="orders"} 4',
+        'rabbitmq_detailed_raft_log_commit_index{vhost="celery",queue="orders"} 120',
+        'rabbitmq_detailed_raft_term_total{vhost="other",queue="billing"} 1',
+        'rabbitmq_detailed_queue_messages_unacked{vhost="celery",queue="calc"} 0',
+    ])
+    assert broker_metrics.parse_members(text, "celery") == {"orders"}
 
 
 def test_broker_metrics_follow_rabbitmq_prometheus_enabled_else_a_monitoring_group_or_a_cluster():
@@ -436,10 +446,53 @@ def test_two_broker_nodes_out_of_three_fail_saying_the_majority_is_lost():
 
 
 def test_unacknowledged_counts_of_every_cluster_node_are_summed_and_a_silent_node_is_skipped(monkeypatch):
-    answers = {"http://a/": {"orders": 2}, "http://b/": None, "http://c/": {"orders": 1, "celery": 4}}
-    monkeypatch.setattr(broker_metrics, "fetch_unacked", lambda url, vhost, timeout: answers[url])
-    assert broker_metrics.fetch_unacked_all(list(answers), "celery", 1.0) == {"orders": 3, "celery": 4}
-    assert broker_metrics.fetch_unacked_all(["http://b/"], "celery", 1.0) is None
+    answers = {"http://a/": ({"orders": 2}, {"orders"}), "http://b/": None,
+               "http://c/": ({"celery": 4}, {"orders", "celery"})}
+    monkeypatch.setattr(broker_metrics, "fetch_queues", lambda url, vhost, timeout: answers[url])
+    metrics = broker_metrics.fetch_queues_all({"a": "http://a/", "b": "http://b/", "c": "http://c/"}, "celery", 1.0)
+    assert metrics.unacked == {"orders": 2, "celery": 4} and metrics.answered == ("a", "c")
+    assert metrics.leaders == {"orders": ["a"], "celery": ["c"]}
+    assert metrics.members == {"orders": ["a", "c"], "celery": ["c"]}
+    assert broker_metrics.fetch_queues_all({"b": "http://b/"}, "celery", 1.0) is None
+
+
+def _replicas(members: dict, leaders: dict, answered=("mq1", "mq2", "mq3")) -> dict[str, Row]:
+    metrics = broker_metrics.QueueMetrics(unacked={}, leaders=leaders, members=members, answered=tuple(answered))
+    depths = {queue: {"ready": 0, "consumers": 1} for queue in ("calc", "celery", "reports")}
+    view = CeleryView(pings=_healthy_view().pings, queues=_healthy_view().queues, depths=depths)
+    rows = _rows(verdict.evaluate(CLUSTER, _cluster_probes({}), view, LENIENT, 30.0, queue_metrics=metrics))
+    return {name: rows[name] for name in depths}
+
+
+def _says(row: Row) -> tuple[str, ...]:
+    return (*render.reasons(row), *render.facts(row))
+
+
+def test_a_quorum_queue_with_its_leader_and_every_replica_online_is_ok_and_says_so():
+    rows = _replicas({"calc": ["mq1", "mq2", "mq3"]}, {"calc": ["mq2"]})
+    assert rows["calc"].status == "OK"
+    assert "quorum queue, 3 of 3 replicas online, leader on mq2" in _says(rows["calc"])
+    assert not any("quorum" in words for words in _says(rows["reports"]))  # classic: no member anywhere
+
+
+def test_a_quorum_replica_out_or_missing_on_a_node_that_is_up_warns_naming_the_node():
+    out = _replicas({"calc": ["mq1", "mq2"]}, {"calc": ["mq1"]}, answered=("mq1", "mq2"))
+    assert out["calc"].status == "WARN"
+    assert "quorum queue, 2 of 3 replicas online (mq3 not answering), leader on mq1" in _says(out["calc"])
+    missing = _replicas({"calc": ["mq1", "mq2"]}, {"calc": ["mq1"]})
+    assert missing["calc"].status == "WARN"
+    assert "no replica on mq3 (its node is up: a re-deploy grows the queue to it)" in _says(missing["calc"])
+
+
+def test_a_quorum_queue_without_a_leader_or_a_majority_of_replicas_fails():
+    leaderless = _replicas({"calc": ["mq1", "mq2", "mq3"]}, {})
+    assert leaderless["calc"].status == "FAIL"
+    assert render.reasons(leaderless["calc"])[0] == (
+        "quorum queue without a leader (3 of 3 replicas online): it takes and delivers no message")
+    minority = _replicas({"calc": ["mq1"]}, {"calc": ["mq1"]}, answered=("mq1",))
+    assert minority["calc"].status == "FAIL"
+    assert render.reasons(minority["calc"])[0] == (
+        "quorum queue, only 1 of 3 replicas online: it takes and delivers no message until a majority is back")
 
 
 NODE_METRICS = "\n".join([

@@ -61,7 +61,7 @@ def _figures(times: list[float]) -> str:
 def _queue_section_rows(fleet: fleet_model.Fleet) -> list[tuple[str, str]]:
     """The broker side of health (ping, active_queues) with the queue section (depths asked passively, unacknowledged
     counts from the broker's metrics endpoint where it serves one, both as health asks them) next to without."""
-    from fleetctl.health.gather import broker_unacked
+    from fleetctl.health.gather import broker_queues
     from fleetctl.health.verdict import fleet_queues
     from fleetctl.remote.control import inspect_nodes
 
@@ -70,7 +70,7 @@ def _queue_section_rows(fleet: fleet_model.Fleet) -> list[tuple[str, str]]:
     for _ in range(RUNS):
         for with_queues in (False, True):
             started = time.monotonic()
-            unacked = broker_unacked(fleet, queues, started + 5) if with_queues else None
+            unacked = broker_queues(fleet, queues, started + 5) if with_queues else None
             view = inspect_nodes(fleet.broker_url, fleet.node_names, 2.0, 3.0, started + 5,
                                  queues if with_queues else ())
             counts = unacked.result(started + 5.5) if unacked else None

@@ -18,7 +18,7 @@ from fleetctl.health.model import (
 )
 from fleetctl.health.verdict import beat_period, checked_hosts, evaluate, fleet_queues
 from fleetctl.inventory import BROKER_VHOST, Fleet, Host
-from fleetctl.remote.broker_metrics import fetch_node_states, fetch_unacked_all, node_url, unacked_url
+from fleetctl.remote.broker_metrics import fetch_node_states, fetch_queues_all, node_url, queues_url
 from fleetctl.remote.control import CeleryView, inspect_nodes
 from fleetctl.remote.ssh import RunResult, run_on_hosts
 
@@ -61,14 +61,14 @@ def probe_hosts(hosts: Sequence[Host], connect_timeout: float, deadline: float) 
     return {name: probe_from(result) for name, result in results.items()}
 
 
-def broker_unacked(fleet: Fleet, queues: Sequence[str], deadline: float) -> Background | None:
-    """Unacknowledged messages per queue from the broker's metrics endpoint, asked in the background (None: the
-    broker serves no such endpoint, or there is no queue to ask of)."""
+def broker_queues(fleet: Fleet, queues: Sequence[str], deadline: float) -> Background | None:
+    """The queues' unacknowledged counts, leaders and quorum members from every broker node's metrics endpoint,
+    asked in the background (None: the broker serves no such endpoint, or there is no queue to ask of)."""
     if not (queues and fleet.broker_metrics and fleet.broker_address):
         return None
-    urls = [unacked_url(fleet.host(name).address, BROKER_VHOST) for name in fleet.broker_hosts] or [
-        unacked_url(fleet.broker_address, BROKER_VHOST)]
-    return Background(lambda: fetch_unacked_all(urls, BROKER_VHOST, max(0.1, deadline - time.monotonic())))
+    urls = {name: queues_url(fleet.host(name).address, BROKER_VHOST) for name in fleet.broker_hosts} or {
+        "broker": queues_url(fleet.broker_address, BROKER_VHOST)}
+    return Background(lambda: fetch_queues_all(urls, BROKER_VHOST, max(0.1, deadline - time.monotonic())))
 
 
 def broker_states(fleet: Fleet, deadline: float) -> Background | None:
@@ -106,7 +106,7 @@ def check(fleet: Fleet, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     queues = fleet_queues(fleet)
     celery = Background(lambda: inspect_nodes(broker_url, fleet.node_names, ping_timeout, connect_timeout, deadline,
                                               queues))
-    unacked = broker_unacked(fleet, queues, deadline)
+    queue_metrics = broker_queues(fleet, queues, deadline)
     states = broker_states(fleet, deadline)
     view = celery.result(deadline + 0.5, default=CeleryView(timeout=ping_timeout,
                                                             error=f"no answer within {bound:g} s"))
@@ -114,6 +114,6 @@ def check(fleet: Fleet, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     from fleetctl.release import rollout_running  # here: fleetctl.release imports the restart, which imports this
 
     rows = evaluate(fleet, probes, view, thresholds, period, rolling=bool(inventory) and rollout_running(inventory),
-                    unacked=unacked.result(deadline + 0.5) if unacked else None,
+                    queue_metrics=queue_metrics.result(deadline + 0.5) if queue_metrics else None,
                     broker_states=states.result(deadline + 0.5) if states else None)
     return Report(inventory=inventory, rows=rows, elapsed=time.monotonic() - started, bound=bound)

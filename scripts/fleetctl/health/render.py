@@ -59,6 +59,12 @@ def _unexpected(p: Mapping[str, Any]) -> str:
     return f"unexpected node: {where} (pid {', '.join(map(str, p['pids']))})"
 
 
+def _replicas(p: Mapping[str, Any]) -> str:
+    words = f"quorum queue, {p['online']} of {p['members']} replicas online"
+    words += f" ({', '.join(p['out'])} not answering)" if p["out"] else ""
+    return words + (f", leader on {p['leader']}" if p.get("leader") else "")
+
+
 WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "host_unreachable": lambda p: f"unreachable over SSH: {p['error']}",
     "broker_unreachable": lambda p: f"broker unreachable from the controller: {p['error']}",
@@ -101,6 +107,13 @@ WORDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "queue_depth": lambda p: (f"{_count(p['ready'], 'message')} ready, "
                               + (f"{p['unacked']} unacknowledged, " if "unacked" in p else "")
                               + _count(p['consumers'], 'consumer')),
+    "quorum_replicas": _replicas,
+    "quorum_minority": lambda p: (f"quorum queue, only {p['online']} of {p['members']} replicas online: it takes and "
+                                  "delivers no message until a majority is back"),
+    "quorum_no_leader": lambda p: (f"quorum queue without a leader ({p['online']} of {p['members']} replicas online): "
+                                   "it takes and delivers no message"),
+    "quorum_member_missing": lambda p: (f"no replica on {', '.join(p['hosts'])} (its node is up: a re-deploy grows the "
+                                        "queue to it)"),
     "queue_backlog": lambda p: f"backlog: {p['ready']} messages ready (>= {p['limit']:g})",
     "queue_unconsumed": lambda p: f"{_count(p['ready'], 'message')} ready and no consumer",
     "queue_undeclared": lambda p: "not declared on the broker (no node has consumed it since the broker started)",

@@ -26,6 +26,7 @@ from fleetctl.health.model import (
     worst,
 )
 from fleetctl.inventory import Fleet, Host, Node
+from fleetctl.remote.broker_metrics import QueueMetrics
 
 
 def grade(value: float | None, warn: float, fail: float) -> str:
@@ -322,9 +323,11 @@ def fleet_queues(fleet: Fleet) -> tuple[str, ...]:
     return tuple(dict.fromkeys(queue for node in fleet.nodes for queue in node.queues))
 
 
-def queue_row(name: str, view: CeleryView, thresholds: Thresholds, unacked: Mapping[str, int] | None = None) -> Row:
+def queue_row(name: str, view: CeleryView, thresholds: Thresholds, unacked: Mapping[str, int] | None = None,
+              replicas: Sequence[Finding] = ()) -> Row:
     """The verdict on one inventory queue as the broker holds it: its backlog, and whether anyone consumes it
-    (unacked: messages delivered and not yet acknowledged, per queue, where the broker's metrics tell)."""
+    (unacked: messages delivered and not yet acknowledged, per queue, where the broker's metrics tell; replicas:
+    quorum_findings)."""
     if name not in (view.depths or {}):
         return Row(QUEUE, name, "", WARN, (Finding(WARN, "queue_unanswered", {"timeout": view.timeout}),))
     depth = view.depths[name]
@@ -339,7 +342,30 @@ def queue_row(name: str, view: CeleryView, thresholds: Thresholds, unacked: Mapp
         findings.insert(0, Finding(status, "queue_backlog", {"ready": ready, "limit": limit}))
     if ready and not consumers:
         findings.insert(0, Finding(FAIL, "queue_unconsumed", {"ready": ready}))
+    findings += [finding for finding in replicas if finding.status == OK]
+    findings[:0] = [finding for finding in replicas if finding.status != OK]
     return Row(QUEUE, name, "", worst(f.status for f in findings), tuple(findings))
+
+
+def quorum_findings(name: str, metrics: QueueMetrics | None, brokers: Sequence[str]) -> list[Finding]:
+    """The replicas of a quorum queue on a cluster, by the nodes' metrics: a leader, a member on every node. A member
+    on a node that does not answer is out (WARN); none on a node that answers is missing (WARN: a re-deploy grows the
+    queue to it); a majority out, or no leader while every node answers, stops the queue (FAIL). A queue no node holds
+    a member of is classic: no finding."""
+    if metrics is None or len(brokers) < 2 or name not in metrics.members:
+        return []
+    online = [host for host in brokers if host in metrics.members[name]]
+    out = [host for host in brokers if host not in metrics.answered]
+    missing = [host for host in brokers if host in metrics.answered and host not in online]
+    leaders = metrics.leaders.get(name) or []
+    params = {"online": len(online), "members": len(brokers), "leader": leaders[0] if leaders else None, "out": out}
+    if len(online) * 2 <= len(brokers):
+        return [Finding(FAIL, "quorum_minority", params)]
+    findings = [Finding(FAIL, "quorum_no_leader", params)] if not leaders and not out else []
+    if missing:
+        findings.append(Finding(WARN, "quorum_member_missing", {"hosts": missing}))
+    findings.append(Finding(WARN if out else OK, "quorum_replicas", params))
+    return findings
 
 
 def _broker_out(row: Row) -> bool:
@@ -401,11 +427,11 @@ def _with_broker_findings(rows: Sequence[Row], found: Mapping[str, list[Finding]
 
 def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
              thresholds: Thresholds = Thresholds(), period: float = DEFAULT_BEAT_PERIOD,
-             rolling: bool = False, unacked: Mapping[str, int] | None = None,
+             rolling: bool = False, queue_metrics: QueueMetrics | None = None,
              broker_states: Mapping[str, Mapping[str, Any] | None] | None = None) -> tuple[Row, ...]:
     """Every row of the verdict, hosts in inventory order each followed by its nodes (rolling: a release
-    rollout is running, so release drift is expected; unacked: see queue_row; broker_states: see
-    broker_node_findings)."""
+    rollout is running, so release drift is expected; queue_metrics: the broker nodes' unacked counts and quorum
+    replicas, see queue_row; broker_states: see broker_node_findings)."""
     processes = worker_processes(probes)
     heartbeat = fleet_heartbeat(fleet, probes, thresholds, period)
     releases = fleet_releases(fleet, probes)
@@ -418,7 +444,9 @@ def evaluate(fleet: Fleet, probes: Mapping[str, Probe], view: CeleryView,
     if view.error and fleet.broker_host is None and fleet.selected is None:
         rows.append(Row(HOST, "broker", "broker", FAIL, (Finding(FAIL, "broker_unreachable", {"error": view.error}),)))
     if view.depths is not None and not view.error:  # asked, and the broker answered
-        rows += [queue_row(name, view, thresholds, unacked) for name in fleet_queues(fleet)]
+        unacked = queue_metrics.unacked if queue_metrics else None
+        rows += [queue_row(name, view, thresholds, unacked, quorum_findings(name, queue_metrics, fleet.broker_hosts))
+                 for name in fleet_queues(fleet)]
     if broker_states:
         rows = _with_broker_findings(rows, broker_node_findings(broker_states))
     return cluster_tolerance(fleet, rows)

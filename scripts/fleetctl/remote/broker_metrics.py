@@ -1,61 +1,87 @@
-"""The broker's rabbitmq_prometheus endpoint (no login, no AMQP): unacked messages per queue, node alarms and links."""
+"""The broker's rabbitmq_prometheus endpoint (no login, no AMQP): queue counts and replicas, node alarms and links."""
 from __future__ import annotations
 
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 METRICS_PORT = 15692  # rabbitmq_prometheus (rabbitmq_prometheus_enabled; on with a monitoring group)
-_SERIES = re.compile(r'^rabbitmq_detailed_queue_messages_unacked\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
+_UNACKED, _RAFT = "rabbitmq_detailed_queue_messages_unacked", "rabbitmq_detailed_raft_"
+_SERIES = re.compile(r'^(?P<name>rabbitmq_detailed_\w+)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def unacked_url(address: str, vhost: str, port: int = METRICS_PORT) -> str:
-    """The detailed endpoint, queue message counts of one vhost only."""
+def queues_url(address: str, vhost: str, port: int = METRICS_PORT) -> str:
+    """The detailed endpoint, of one vhost only: queue message counts (each queue's leader reports them) and Raft
+    metrics (one series per quorum queue member the node holds)."""
     host = f"[{address}]" if ":" in address else address
-    query = urllib.parse.urlencode({"vhost": vhost, "family": "queue_coarse_metrics"})
+    query = urllib.parse.urlencode([("vhost", vhost), ("family", "queue_coarse_metrics"), ("family", "ra_metrics")])
     return f"http://{host}:{port}/metrics/detailed?{query}"
 
 
-def parse_unacked(text: str, vhost: str) -> dict[str, int]:
-    """Queue -> messages delivered and not yet acknowledged, of the vhost, from the endpoint's text."""
-    found: dict[str, int] = {}
+def _detailed(text: str, vhost: str) -> Iterator[tuple[str, str, float]]:
+    """(series name, queue, value) of every detailed series of the vhost in the endpoint's text."""
     for line in text.splitlines():
         match = _SERIES.match(line.strip())
         if not match:
             continue
         labels: Mapping[str, str] = dict(_LABEL.findall(match["labels"]))
         if labels.get("vhost") == vhost and "queue" in labels:
-            found[labels["queue"]] = int(float(match["value"]))
-    return found
+            yield match["name"], labels["queue"], float(match["value"])
 
 
-def fetch_unacked(url: str, vhost: str, timeout: float) -> dict[str, int] | None:
-    """Queue -> unacknowledged messages, or None when the endpoint does not answer (its plugin off, a firewall)."""
+def parse_unacked(text: str, vhost: str) -> dict[str, int]:
+    """Queue -> messages delivered and not yet acknowledged, of the vhost, from the endpoint's text."""
+    return {queue: int(value) for name, queue, value in _detailed(text, vhost) if name == _UNACKED}
+
+
+def parse_members(text: str, vhost: str) -> set[str]:
+    """The quorum queues of the vhost that have a member (a Raft replica) on the node, from the endpoint's text."""
+    return {queue for name, queue, _ in _detailed(text, vhost) if name.startswith(_RAFT)}
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    """What the broker nodes' endpoints say of the vhost's queues: unacked counts summed over the nodes, and per
+    queue the hosts that lead it (report its counts) and hold a quorum member of it; answered: hosts that answered."""
+
+    unacked: dict[str, int] = field(default_factory=dict)
+    leaders: dict[str, list[str]] = field(default_factory=dict)
+    members: dict[str, list[str]] = field(default_factory=dict)
+    answered: tuple[str, ...] = ()
+
+
+def fetch_queues(url: str, vhost: str, timeout: float) -> tuple[dict[str, int], set[str]] | None:
+    """(parse_unacked, parse_members) of the node at url, or None when its endpoint does not answer (its plugin off, a
+    firewall, the node paused)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the fleet's own address: no proxy
     try:
         with opener.open(url, timeout=timeout) as response:
-            return parse_unacked(response.read().decode("utf-8", "replace"), vhost)
+            text = response.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
+    return parse_unacked(text, vhost), parse_members(text, vhost)
 
 
-def fetch_unacked_all(urls: Sequence[str], vhost: str, timeout: float) -> dict[str, int] | None:
-    """fetch_unacked of every broker node at once, merged (a cluster's node reports the queues it leads); None when
-    no node answers."""
+def fetch_queues_all(urls: Mapping[str, str], vhost: str, timeout: float) -> QueueMetrics | None:
+    """fetch_queues of every broker node (host -> url) at once, merged; None when no node answers."""
     with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
-        found_by_node = list(pool.map(lambda url: fetch_unacked(url, vhost, timeout), urls))
-    answers = [found for found in found_by_node if found is not None]
-    if not answers:
+        found_by_host = dict(zip(urls, pool.map(lambda url: fetch_queues(url, vhost, timeout), urls.values())))
+    answered = {host: found for host, found in found_by_host.items() if found is not None}
+    if not answered:
         return None
-    merged: dict[str, int] = {}
-    for found in answers:
-        for queue, count in found.items():
-            merged[queue] = merged.get(queue, 0) + count
-    return merged
+    metrics = QueueMetrics(answered=tuple(answered))
+    for host, (unacked, members) in answered.items():
+        for queue, count in unacked.items():
+            metrics.unacked[queue] = metrics.unacked.get(queue, 0) + count
+            metrics.leaders.setdefault(queue, []).append(host)
+        for queue in sorted(members):
+            metrics.members.setdefault(queue, []).append(host)
+    return metrics
 
 
 _NODE_SERIES = re.compile(r'^(?P<name>rabbitmq_alarms_\w+|rabbitmq_identity_info|erlang_vm_dist_node_state)'
