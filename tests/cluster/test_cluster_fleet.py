@@ -1,4 +1,4 @@
-"""A RabbitMQ cluster of three broker hosts (issue 15), deployed once, with two worker hosts.
+"""A RabbitMQ cluster of three broker hosts (issue 15), grown from one broker host, with two worker hosts.
 
 Inventory tests/cluster/cluster-fleet/: cl-b1 (the seed), cl-b2, cl-b3 in group rabbitmq; cl-w1 and
 cl-w2 each run a node on `orders` and `celery` (two pool processes); beat on cl-w2.
@@ -12,9 +12,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleetctl import inventory as fleet_model
-from support.deploy import ROOT, deploy, inventory_hostvars, recap, ssh
+from support.deploy import ROOT, deploy, inventory_hostvars, recap, ssh, write_inventory
 
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "cluster-fleet" / "hosts.yml"
 BROKERS, WORKERS = ("cl-b1", "cl-b2", "cl-b3"), ("cl-w1", "cl-w2")
@@ -66,14 +67,14 @@ def _health() -> subprocess.CompletedProcess:
         time.sleep(3)
 
 
-def _send(queue: str, count: int, seconds: float = 0) -> list[str]:
+def _send(queue: str, count: int, seconds: float = 0, queue_type: str = "quorum") -> list[str]:
     """count record tasks to queue, published with confirms through every broker node's URL; their ids."""
     from celery import Celery
 
     app = Celery("cluster-tests", broker=fleet_model.load_fleet(SANDBOX_INVENTORY).broker_url, set_as_current=False)
     # A publisher outside the fleet declares the queues as the fleet does: quorum (README, broker cluster).
-    app.conf.update(broker_connection_timeout=3, task_create_missing_queue_type="quorum",
-                    task_default_queue_type="quorum", broker_transport_options={"confirm_publish": True})
+    app.conf.update(broker_connection_timeout=3, task_create_missing_queue_type=queue_type,
+                    task_default_queue_type=queue_type, broker_transport_options={"confirm_publish": True})
     ledger = f"cluster-{uuid.uuid4().hex[:12]}"
     ids = [f"{ledger}-{n:03d}" for n in range(count)]
     try:
@@ -99,9 +100,41 @@ def _wait_done(ids: list[str], within: float = 120) -> set[str]:
         time.sleep(1)
 
 
+GROWN_TASKS = 40  # tasks waiting on the single broker when the fleet grows to three
+
+
+def _workers(verb: str) -> None:
+    for host in WORKERS:
+        _ssh(host, f"systemctl {verb} celery" + (" celerybeat" if host == "cl-w2" else ""))
+
+
 @pytest.fixture(scope="module")
-def fleet(sandbox_fleet):
-    """The fleet, deployed once (a cold deploy on fresh hosts), and the deploy's output."""
+def fleet(sandbox_fleet, tmp_path_factory):
+    """The fleet grown as an operator grows one (the deploy's output of the cluster): first one broker host, cl-b1,
+    with classic queues; tasks wait on it while the deploy of all three refuses to start, naming the classic queues;
+    then the way out the refusal names (the queues drained, then deleted) and the deploy that forms the cluster.
+    Every task sent to the single broker runs."""
+    document = yaml.safe_load(SANDBOX_INVENTORY.read_text())
+    document["all"]["children"]["rabbitmq"]["hosts"] = {"cl-b1": None}
+    single = deploy(write_inventory(tmp_path_factory.mktemp("single"), document, SANDBOX_INVENTORY))
+    assert single.returncode == 0, single.stdout[-5000:]
+    _workers("stop")
+    ids = _send("orders", GROWN_TASKS, queue_type="classic")
+    refused = deploy(SANDBOX_INVENTORY)
+    assert refused.returncode != 0
+    assert "cl-b1: queue orders exists on the broker as a classic queue, but the fleet declares it quorum" in \
+        refused.stdout, refused.stdout[-5000:]
+    assert "set celery_worker_queue_type: classic for group celery_workers" in refused.stdout
+    assert _ssh("cl-b2", "test -e /usr/sbin/rabbitmqctl && echo installed || echo absent").strip() == "absent"
+    assert not any(r["changed"] for r in recap(refused.stdout).values()), recap(refused.stdout)
+    # The way out: drain (the workers run every waiting task), stop the consumers, delete the fleet's queues.
+    _workers("start")
+    assert set(ids) <= _wait_done(ids), "a task sent to the single broker never ran"
+    _workers("stop")
+    classic = [name for name in _ssh("cl-b1", "rabbitmqctl -q list_queues -p celery name --no-table-headers").split()
+               if name in ("orders", "celery") or name.startswith("broadcast.")]
+    for name in classic:
+        _ssh("cl-b1", f"rabbitmqctl -q delete_queue -p celery {name}")
     done = deploy(SANDBOX_INVENTORY)
     assert done.returncode == 0, done.stdout[-5000:]
     return done.stdout

@@ -110,8 +110,8 @@ def _queue_type_drift(queues: dict, wanted: dict, broadcast: list, queue_type: s
                 f"{broker}: queue {name} exists on the broker as a {have} queue, but the fleet declares it {want} "
                 f"(celery_worker_queue_type {queue_type}); RabbitMQ cannot change the type of a queue, so its nodes "
                 f"would not start. Way out: set celery_worker_queue_type: {have} for group celery_workers to keep the "
-                f"queues as they are, or stop its consumers, let it drain and delete it (rabbitmqctl delete_queue -p "
-                f"{vhost} {name}), then deploy")
+                f"queues as they are, or drain it (send it nothing new, let its consumers empty it), stop them and "
+                f"delete it (rabbitmqctl delete_queue -p {vhost} {name}), then deploy")
     return messages
 
 
