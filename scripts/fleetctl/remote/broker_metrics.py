@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,22 +55,31 @@ class QueueMetrics:
     answered: tuple[str, ...] = ()
 
 
-def fetch_queues(url: str, vhost: str, timeout: float) -> tuple[dict[str, int], set[str]] | None:
-    """(parse_unacked, parse_members) of the node at url, or None when its endpoint does not answer (its plugin off, a
-    firewall, the node paused)."""
+def _read(url: str, timeout: float) -> str | None:
+    """The endpoint's text, or None when it does not answer (its plugin off, a firewall, the node paused)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the fleet's own address: no proxy
     try:
         with opener.open(url, timeout=timeout) as response:
-            text = response.read().decode("utf-8", "replace")
+            return response.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
-    return parse_unacked(text, vhost), parse_members(text, vhost)
+
+
+def _ask_all(urls: Mapping[str, str], fetch: Callable[[str], Any]) -> dict[str, Any]:
+    """host -> fetch(url) of every host at once."""
+    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+        return dict(zip(urls, pool.map(fetch, urls.values())))
+
+
+def fetch_queues(url: str, vhost: str, timeout: float) -> tuple[dict[str, int], set[str]] | None:
+    """(parse_unacked, parse_members) of the node at url, or None when its endpoint does not answer."""
+    text = _read(url, timeout)
+    return None if text is None else (parse_unacked(text, vhost), parse_members(text, vhost))
 
 
 def fetch_queues_all(urls: Mapping[str, str], vhost: str, timeout: float) -> QueueMetrics | None:
     """fetch_queues of every broker node (host -> url) at once, merged; None when no node answers."""
-    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
-        found_by_host = dict(zip(urls, pool.map(lambda url: fetch_queues(url, vhost, timeout), urls.values())))
+    found_by_host = _ask_all(urls, lambda url: fetch_queues(url, vhost, timeout))
     answered = {host: found for host, found in found_by_host.items() if found is not None}
     if not answered:
         return None
@@ -118,16 +127,10 @@ def parse_node_state(text: str) -> dict[str, Any]:
 
 def fetch_node_state(url: str, timeout: float) -> dict[str, Any] | None:
     """parse_node_state of the node at url, or None when its endpoint does not answer."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            return parse_node_state(response.read().decode("utf-8", "replace"))
-    except (OSError, ValueError):
-        return None
+    text = _read(url, timeout)
+    return None if text is None else parse_node_state(text)
 
 
 def fetch_node_states(urls: Mapping[str, str], timeout: float) -> dict[str, dict[str, Any] | None]:
     """fetch_node_state of every broker host (host -> url) at once."""
-    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
-        states = list(pool.map(lambda url: fetch_node_state(url, timeout), urls.values()))
-    return dict(zip(urls, states))
+    return _ask_all(urls, lambda url: fetch_node_state(url, timeout))
