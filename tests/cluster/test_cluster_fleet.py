@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fleetctl import inventory as fleet_model
-from support.deploy import ROOT, deploy, inventory_hostvars, recap, ssh, write_inventory
+from support.deploy import ROOT, changed_tasks, deploy, inventory_hostvars, recap, ssh, write_inventory
 
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "cluster-fleet" / "hosts.yml"
 BROKERS, WORKERS = ("cl-b1", "cl-b2", "cl-b3"), ("cl-w1", "cl-w2")
@@ -163,7 +163,8 @@ def test_nodes_share_the_generated_cookie_readable_by_rabbitmq_only_and_never_pr
 def test_second_deploy_changes_nothing(fleet):
     done = deploy(SANDBOX_INVENTORY)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert {host: r["changed"] for host, r in recap(done.stdout).items()} == {h: 0 for h in BROKERS + WORKERS}
+    assert {host: r["changed"] for host, r in recap(done.stdout).items()} == {h: 0 for h in BROKERS + WORKERS}, \
+        changed_tasks(done.stdout)
 
 
 def test_workers_and_tools_get_every_broker_node_the_seed_first(fleet):

@@ -47,6 +47,21 @@ def recap(output: str) -> dict[str, dict[str, int]]:
             for m in _RECAP.finditer(output)}
 
 
+_TASK = re.compile(r"^TASK \[(?P<task>.*)\] \*+$")
+_CHANGED = re.compile(r"^changed: \[(?P<host>[^\]\s]+)")
+
+
+def changed_tasks(output: str) -> list[str]:
+    """'host: task' for every task that reported changed in an ansible-playbook run, in run order."""
+    found, task = [], ""
+    for line in output.splitlines():
+        if m := _TASK.match(line):
+            task = m["task"]
+        elif m := _CHANGED.match(line):
+            found.append(f"{m['host']}: {task}")
+    return found
+
+
 @functools.lru_cache(maxsize=None)
 def inventory_hostvars(inventory: Path = SANDBOX_INVENTORY) -> dict[str, dict]:
     """Every host's variables as Ansible sees them (vars plugins included)."""
