@@ -10,7 +10,8 @@
 - the maintenance tasks (``celery_app.tasks.maintenance``) and the beat heartbeat
   (``celery_app.tasks.heartbeat``), registered as shared tasks on every app;
 - the safety settings in ``SAFETY_DEFAULTS``, each only where the app left Celery's default: what
-  the app sets itself wins.
+  the app sets itself wins;
+- task events published without publisher confirms (``celery_app.events``): tasks keep theirs.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from celery.app.defaults import DEFAULTS as _CELERY_DEFAULTS
 from kombu import Exchange, Queue
 
 from celery_app.broadcast import broadcast_queue, is_broadcast
+from celery_app.events import use_unconfirmed_events
 from celery_app.settings import Settings, broker_tls_options, load_settings
 
 # The fleet's task modules: imported by every app the fleet runs.
@@ -120,6 +122,7 @@ def attach(app: Any, settings: Settings | None = None) -> Any:
         fleet_heartbeat_file=str(settings.heartbeat_file),
         fleet_log_dir=str(settings.log_dir),
     )
+    use_unconfirmed_events(app)
     return app
 
 
