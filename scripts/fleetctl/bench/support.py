@@ -72,17 +72,22 @@ def deploy_default_fleet() -> None:
         raise BenchError(f"bench: make deploy failed:\n{deployed.stdout[-3000:]}\n{deployed.stderr[-3000:]}")
 
 
-def run_script(inventory: Path, host_name: str, script: str, *args: str, exports: str = "", what: str = "bench") -> str:
-    """stdout of a Python script run by the fleet's virtualenv on a deployed host, /etc/conf.d/celery sourced
-    (exports: its variables the script reads), or BenchError naming what and the host."""
+def run_on(inventory: Path, host_name: str, command: str, what: str = "bench") -> str:
+    """stdout of a shell command run as root on a host of inventory, or BenchError naming what and the host."""
     from fleetctl import inventory as fleet_model
     from fleetctl.remote.ssh import connection
 
     host = fleet_model.load_fleet(inventory).host(host_name)
-    command = (f". /etc/conf.d/celery && {f'export {exports} && ' if exports else ''}cd /tmp && "
-               f"/opt/celery/venv/bin/python -c {shlex.quote(script)} {' '.join(shlex.quote(arg) for arg in args)}")
     with connection(host, 10) as cxn:
         result = cxn.run(command, hide=True, warn=True, in_stream=False)
     if result.exited != 0:
         raise BenchError(f"{what} on {host_name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return result.stdout
+
+
+def run_script(inventory: Path, host_name: str, script: str, *args: str, exports: str = "", what: str = "bench") -> str:
+    """stdout of a Python script run by the fleet's virtualenv on a deployed host, /etc/conf.d/celery sourced
+    (exports: its variables the script reads), or BenchError naming what and the host."""
+    command = (f". /etc/conf.d/celery && {f'export {exports} && ' if exports else ''}cd /tmp && "
+               f"/opt/celery/venv/bin/python -c {shlex.quote(script)} {' '.join(shlex.quote(arg) for arg in args)}")
+    return run_on(inventory, host_name, command, what)
