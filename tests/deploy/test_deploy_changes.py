@@ -10,7 +10,16 @@ import copy
 
 import pytest
 
-from support.deploy import active_queues, deploy, host, pinged_nodes, recap, sandbox_inventory, write_inventory
+from support.deploy import (
+    active_queues,
+    changed_tasks,
+    deploy,
+    host,
+    pinged_nodes,
+    recap,
+    sandbox_inventory,
+    write_inventory,
+)
 
 CHANGED_NODES = [{"name": "calc", "queues": ["calc"], "concurrency": 3}]
 
@@ -84,3 +93,45 @@ def test_moving_beat_to_another_host_stops_it_on_the_former_beat_host(edited_inv
     assert worker2.service("celerybeat").is_running
     assert not worker1.service("celerybeat").is_running
     assert not worker1.file("/etc/systemd/system/celerybeat.service").exists
+
+
+FLOWER_PATHS = ("/etc/systemd/system/flower.service", "/etc/conf.d/flower", "/var/lib/flower", "/opt/flower")
+METRICS_PATHS = ("/etc/systemd/system/celery-fleet-metrics.timer", "/etc/systemd/system/celery-fleet-metrics.service",
+                 "/var/lib/prometheus/node-exporter/celery_fleet.prom")
+
+
+def test_hosts_that_leave_groups_flower_and_monitoring_keep_nothing_of_them(edited_inventory):
+    def change(groups):
+        del groups["flower"], groups["monitoring"]
+
+    inventory = edited_inventory(change)
+    worker1, worker2 = host("worker1"), host("worker2")  # monitoring host, Flower host
+
+    checked = deploy(inventory, check=True)
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert {"worker1", "worker2"} <= _changed(recap(checked.stdout))  # it tells what would go
+    assert worker2.service("flower").is_running and worker1.service("prometheus").is_running  # and removes nothing
+
+    run = deploy(inventory)
+    assert run.returncode == 0, run.stdout[-3000:]
+    flower = worker2.service("flower")
+    assert not flower.is_running and not flower.is_enabled
+    for path in FLOWER_PATHS:  # the unit, its password file, its state and its virtualenv
+        assert not worker2.file(path).exists, path
+    assert not worker2.user("flower").exists
+    prometheus = worker1.service("prometheus")
+    assert not prometheus.is_running and not prometheus.is_enabled
+    assert not worker1.file("/etc/prometheus/fleet-rules.yml").exists
+    for worker in (worker1, worker2):  # no monitoring host: no fleet metrics written
+        assert not worker.service("celery-fleet-metrics.timer").is_running
+        for path in METRICS_PATHS:
+            assert not worker.file(path).exists, (worker.backend.hostname, path)
+        assert worker.service("celery").is_running
+
+    again = deploy(inventory)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert _changed(recap(again.stdout)) == set(), changed_tasks(again.stdout)
+
+    _restore()
+    assert worker2.service("flower").is_running and worker1.service("prometheus").is_running
+    assert worker1.service("celery-fleet-metrics.timer").is_running
