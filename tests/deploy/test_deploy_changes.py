@@ -28,25 +28,33 @@ def _changed(summary: dict[str, dict[str, int]]) -> set[str]:
     return {h for h, s in summary.items() if s["changed"]}
 
 
+# Whether the sandbox hosts may differ from the sandbox inventory (an edited copy was written since
+# the last restore): the fixture then restores them after the test.
+_EDITED = {"since_restore": False}
+
+
 def _restore() -> dict[str, dict[str, int]]:
     run = deploy()
     assert run.returncode == 0, run.stdout[-3000:]
+    _EDITED["since_restore"] = False
     return recap(run.stdout)
 
 
 @pytest.fixture
 def edited_inventory(deployed_fleet, tmp_path):
-    """A function writing an edited copy of the sandbox inventory; the sandbox state is restored after."""
+    """A function writing an edited copy of the sandbox inventory; the sandbox state is restored after
+    (unless the test restored it itself since its last edit)."""
     written = []
 
     def edit(change) -> object:
         inventory = copy.deepcopy(sandbox_inventory())
         change(inventory["all"]["children"])
         written.append(write_inventory(tmp_path, inventory))
+        _EDITED["since_restore"] = True
         return written[-1]
 
     yield edit
-    if written:
+    if _EDITED["since_restore"]:
         _restore()
 
 
