@@ -1,7 +1,7 @@
 """Benchmark of task events: end-to-end task rate with events on next to off, same fleet, same run.
 
 ``bench_events()`` deploys the default sandbox fleet (warm when it is up), then on worker2 runs a
-throwaway node and a client per variant, in turn and twice each: CELERY_TASK_EVENTS=1
+throwaway node and a client per variant, in turn, ROUNDS times each: CELERY_TASK_EVENTS=1
 (worker_send_task_events and task_send_sent_event, the fleet's default) and CELERY_TASK_EVENTS=0.
 Tasks per second from the first send to the last result read back. Two sets: with nothing consuming
 the events (what sending them costs the publisher, the node and the broker), then with the fleet's
