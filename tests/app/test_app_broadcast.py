@@ -139,6 +139,13 @@ def _wait_for_ledger(node, task_id: str, state: str) -> None:
         time.sleep(0.2)
 
 
+def _wait_for_log(node, line: str) -> None:
+    deadline = time.monotonic() + READY_WITHIN
+    while line not in node.log():
+        assert time.monotonic() < deadline, f"{node.full_name} never logged {line!r}:\n{node.log()[-3000:]}"
+        time.sleep(0.2)
+
+
 def test_host_down_gets_the_broadcast_when_back_and_never_runs_it_twice(
     app, workers, late_node, fleet_root, run_broadcast,
 ):
@@ -156,6 +163,7 @@ def test_host_down_gets_the_broadcast_when_back_and_never_runs_it_twice(
     late_node.start()
     wait_ready(app, [late_node])
     _wait_for_ledger(late_node, task_id, "done")  # ran from its queue once back
+    _wait_for_log(late_node, f"host_report[{task_id}] succeeded")  # logged after the task body returns
     assert late_node.log().count(f"host_report[{task_id}] succeeded") == 1
 
     again = run_broadcast("--inventory", str(with_late), "--task", "host_report", "--task-id", task_id,
