@@ -103,7 +103,8 @@ def test_moving_beat_to_another_host_stops_it_on_the_former_beat_host(edited_inv
     assert not worker1.file("/etc/systemd/system/celerybeat.service").exists
 
 
-FLOWER_PATHS = ("/etc/systemd/system/flower.service", "/etc/conf.d/flower", "/var/lib/flower", "/opt/flower")
+FLOWER_PATHS = ("/etc/systemd/system/flower.service", "/etc/conf.d/flower", "/etc/flower", "/var/lib/flower",
+                "/opt/flower")
 METRICS_PATHS = ("/etc/systemd/system/celery-fleet-metrics.timer", "/etc/systemd/system/celery-fleet-metrics.service",
                  "/var/lib/prometheus/node-exporter/celery_fleet.prom")
 

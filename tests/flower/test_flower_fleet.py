@@ -1,15 +1,11 @@
 """Flower on the deployed sandbox fleet (group flower: worker2): a browser sees every node behind basic auth."""
 from __future__ import annotations
 
-import base64
-import time
-import urllib.error
-import urllib.request
-
 import pytest
 
 from support.browser import Browser
 from support.deploy import ROOT, inventory_hostvars
+from support.flower import get, listed_workers
 
 FLOWER_HOST = "worker2"
 NODES = ["calc@worker1", "reports@worker1", "celery@worker2"]
@@ -24,19 +20,6 @@ def _password() -> str:
 @pytest.fixture(scope="module")
 def flower_url(deployed_fleet) -> str:
     return f"http://{inventory_hostvars()[FLOWER_HOST]['ansible_host']}:5555"
-
-
-def _status(url: str, credentials: tuple[str, str] | None = None) -> tuple[int, bytes]:
-    """HTTP status and body of a GET, with basic auth when credentials are given (no proxy)."""
-    request = urllib.request.Request(url)
-    if credentials:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(credentials).encode()).decode())
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def test_browser_with_the_generated_credentials_sees_every_node_on_the_workers_page(flower_url):
@@ -60,29 +43,21 @@ def test_browser_without_credentials_gets_401(flower_url):
 
 @pytest.mark.parametrize("path", ["/workers", "/tasks", "/api/workers", "/api/tasks"])
 def test_pages_and_api_refuse_missing_or_wrong_credentials(flower_url, path):
-    assert _status(flower_url + path)[0] == 401
-    assert _status(flower_url + path, ("admin", _password() + "x"))[0] == 401
-    assert _status(flower_url + path, ("admin", _password()))[0] == 200
+    assert get(flower_url + path)[0] == 401
+    assert get(flower_url + path, ("admin", _password() + "x"))[0] == 401
+    assert get(flower_url + path, ("admin", _password()))[0] == 200
 
 
 def test_api_lists_every_node_for_the_generated_credentials(flower_url):
-    # refresh=1 asks the nodes anew, within Flower's own inspect timeout: nodes that earlier tests restarted,
-    # or a busy machine, may miss one round. Bounded retries.
-    deadline = time.monotonic() + 60
-    while True:
-        status, body = _status(f"{flower_url}/api/workers?refresh=1", ("admin", _password()))
-        missing = [node for node in NODES if node.encode() not in body]
-        if status == 200 and not missing or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    status, missing, body = listed_workers(flower_url, ("admin", _password()), NODES)
     assert status == 200
     assert missing == [], body[:2000]
 
 
 def test_metrics_and_healthcheck_answer_without_credentials_as_documented(flower_url):
-    status, body = _status(f"{flower_url}/healthcheck")
+    status, body = get(f"{flower_url}/healthcheck")
     assert (status, body.strip()) == (200, b"OK")
-    status, body = _status(f"{flower_url}/metrics")
+    status, body = get(f"{flower_url}/metrics")
     assert status == 200 and b"flower_" in body
     assert _password().encode() not in body
 

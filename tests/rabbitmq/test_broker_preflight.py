@@ -14,6 +14,7 @@ HOSTS = ["broker", "worker1", "worker2"]
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIBfake\n-----END PRIVATE KEY-----\n"
 TLS = {"rabbitmq_tls_ca_cert": CERT, "rabbitmq_tls_cert": CERT, "rabbitmq_tls_key": KEY}
+CLIENT = {"celery_worker_tls_cert": CERT, "celery_worker_tls_key": KEY}
 
 # case -> (variables of the broker, variables of worker1, what the failure must name)
 CASES = {
@@ -58,11 +59,27 @@ CASES = {
                                 "broker: rabbitmq_disk_free_limit must be"),
     "disk free limit in furlongs": ({"rabbitmq_disk_free_limit": {"absolute": "2 furlongs"}}, {},
                                     "broker: rabbitmq_disk_free_limit must be"),
-    "Flower with a TLS-only broker": ({**TLS, "rabbitmq_tls_only": True}, {},
-                                     "worker2: the broker broker accepts TLS only (rabbitmq_tls_only), which the "
-                                     "flower role does not support yet"),
     "descriptor limit too low": ({"rabbitmq_nofile_limit": 100}, {},
                                  "broker: rabbitmq_nofile_limit must be a whole number from 1024 to 1048576; got 100"),
+}
+
+# Flower runs on worker2 (group flower): case -> (variables of the broker, variables of worker2, what the
+# failure must name).
+FLOWER_CASES = {
+    "Flower without client cert under peer verification": (
+        {**TLS, "rabbitmq_tls_verify_peer": True},
+        {**CLIENT, "flower_tls_cert": "", "flower_tls_key": ""},
+        "worker2: the broker broker verifies client certificates (rabbitmq_tls_verify_peer) but flower_tls_cert and "
+        "flower_tls_key are not set for this host"),
+    "Flower key without cert": (TLS, {"flower_tls_key": KEY},
+                                "worker2: flower_tls_cert and flower_tls_key go together; only flower_tls_key is set"),
+    "Flower CA not a file": (TLS, {"flower_tls_ca_cert": "/nonexistent/ca.pem"},
+                             "worker2: flower_tls_ca_cert, flower_tls_cert and flower_tls_key must each be PEM text or "
+                             "the path of a PEM file on the controller; not a file: /nonexistent/ca.pem"),
+    "Flower key that is a certificate": (TLS, {"flower_tls_cert": CERT, "flower_tls_key": CERT},
+                                         "worker2: flower_tls_ca_cert and flower_tls_cert must each hold a "
+                                         "certificate, flower_tls_key a private key (PEM text or a controller-side "
+                                         "PEM file); wrong: flower_tls_key"),
 }
 
 
@@ -72,21 +89,33 @@ def fleet_before(deployed_fleet):
     return fingerprint(HOSTS)
 
 
-def _inventory(broker_vars: dict, worker_vars: dict) -> dict:
-    """The sandbox inventory with variables added to the broker and to worker1."""
+def _inventory(broker_vars: dict, worker_vars: dict, worker="worker1") -> dict:
+    """The sandbox inventory with variables added to the broker and to a worker host (worker1)."""
     inventory = copy.deepcopy(sandbox_inventory())
     children = inventory["all"]["children"]
     children["rabbitmq"]["hosts"]["broker"] = broker_vars
-    children["celery_workers"]["hosts"]["worker1"] = {**children["celery_workers"]["hosts"]["worker1"], **worker_vars}
+    children["celery_workers"]["hosts"][worker] = {**(children["celery_workers"]["hosts"][worker] or {}), **worker_vars}
     return inventory
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_broker_variables_are_rejected_before_any_host_changes(fleet_before, tmp_path, case):
     broker_vars, worker_vars, expected = CASES[case]
+    _assert_refused(deploy(write_inventory(tmp_path, _inventory(broker_vars, worker_vars))), expected, fleet_before)
 
-    run = deploy(write_inventory(tmp_path, _inventory(broker_vars, worker_vars)))
 
+@pytest.mark.parametrize("case", sorted(FLOWER_CASES))
+def test_bad_flower_tls_variables_are_rejected_before_any_host_changes(fleet_before, tmp_path, case):
+    broker_vars, flower_vars, expected = FLOWER_CASES[case]
+    inventory = _inventory(broker_vars, flower_vars, worker="worker2")
+    # worker1 passes its own TLS checks, which run first: only Flower's are left to fail.
+    inventory["all"]["children"]["celery_workers"]["hosts"]["worker1"].update(CLIENT)
+    run = deploy(write_inventory(tmp_path, inventory))
+    _assert_refused(run, expected, fleet_before)
+
+
+def _assert_refused(run, expected: str, fleet_before: dict) -> None:
+    """The deploy failed in preflight, named what the case must name, echoed no PEM and changed no host."""
     assert run.returncode != 0
     assert expected in run.stdout, run.stdout[-3000:]
     assert "MIIBfake" not in run.stdout  # PEM text is never echoed

@@ -2,7 +2,8 @@
 
 The test generates its CA and certificates with openssl. TLS phase: the broker listens on 5671 only
 (rabbitmq_tls_only), verifies client certificates (rabbitmq_tls_verify_peer), and serves the management
-plugin over TLS; the worker connects with amqps:// and its client certificate.
+plugin over TLS; the worker connects with amqps:// and its client certificate, and so does Flower (group
+flower: the worker host) with the same certificate (flower_tls_* default to the host's celery_worker_tls_*).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from support.deploy import ROOT, deploy, inventory_hostvars, recap, write_inventory
+from support.flower import listed_workers
 
 SANDBOX_INVENTORY = Path(__file__).resolve().parent / "inventories" / "tls" / "hosts.yml"
 BROKER, WORKER = "tls-broker", "tls-worker"
@@ -187,6 +189,28 @@ def test_worker_uses_amqps_with_the_ca_and_its_client_certificate(tls_fleet, san
     assert env["CELERY_BROKER_KEY_FILE"] == '"/opt/celery/tls/client.key"'
     key = worker.file("/opt/celery/tls/client.key")
     assert (key.user, key.group, key.mode) == ("root", "celery", 0o640)
+
+
+def test_flower_uses_amqps_with_the_ca_and_the_hosts_client_certificate(tls_fleet, sandbox_fleet, certs):
+    worker = sandbox_fleet.host(WORKER)
+    for installed, given in [("ca.pem", "ca.pem"), ("client.pem", "worker.pem"), ("client.key", "worker.key")]:
+        assert worker.file(f"/opt/flower/tls/{installed}").content_string == (certs / given).read_text()
+    key = worker.file("/opt/flower/tls/client.key")
+    assert (key.user, key.group, key.mode) == ("root", "flower", 0o640)
+    env = worker.check_output("cat /etc/conf.d/flower")
+    url = next(line for line in env.splitlines() if line.startswith("CELERY_BROKER_URL=")).split("=", 1)[1].strip('"')
+    assert url.startswith("amqps://celery:") and url.endswith(":5671/celery")
+    settings = worker.file("/etc/flower/celeryconfig.py").content_string
+    for path in ["/opt/flower/tls/ca.pem", "/opt/flower/tls/client.pem", "/opt/flower/tls/client.key"]:
+        assert f'"{path}"' in settings
+
+
+def test_flower_sees_the_worker_over_tls(tls_fleet):
+    password = (ROOT / ".secrets" / SANDBOX_INVENTORY.parent.name / "flower-password").read_text().strip()
+    flower_url = f"http://{inventory_hostvars(SANDBOX_INVENTORY)[WORKER]['ansible_host']}:5555"
+    status, missing, body = listed_workers(flower_url, ("admin", password), [f"celery@{WORKER}"])
+    assert status == 200
+    assert missing == [], body[:2000]
 
 
 def test_broker_key_is_readable_by_root_and_rabbitmq_only(tls_fleet, sandbox_fleet, certs):
