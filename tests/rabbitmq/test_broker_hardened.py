@@ -8,7 +8,10 @@ import uuid
 
 import pytest
 
+from support.deploy import changed_tasks, deploy, recap
+
 BROKER, WORKER = "broker", "worker1"
+HOSTS = ["broker", "worker1", "worker2"]
 NODE = f"calc@{WORKER}"
 # Tries, with the fleet user of the worker's env file, what Celery needs and what it must not get.
 # Prints {attempt: "ok" | "<reply code> <reply text>"}; never the broker URL (it holds the password).
@@ -180,3 +183,22 @@ def test_disk_free_limit_is_the_hosts_ram_not_the_development_default(broker):
     assert abs(status["disk_free_limit"] - ram) < 1024 * 1024
     assert status["disk_free_limit"] > 50_000_000
     assert "/etc/rabbitmq/rabbitmq.conf" in status["config_files"]
+
+
+def test_deploy_takes_back_tags_permissions_and_a_guest_added_by_hand(broker):
+    for command in ["set_user_tags celery administrator", "add_vhost hand-made",
+                    "set_permissions -p hand-made celery '.*' '.*' '.*'", "add_user guest guest"]:
+        broker.check_output(f"rabbitmqctl -q {command}")
+    try:
+        run = deploy()
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert changed_tasks(run.stdout) == [
+            "broker: rabbitmq : Celery vhost exists, its user has no tags and least permissions on it only, guest is "
+            "absent"], run.stdout[-3000:]
+        assert {u["user"]: u["tags"] for u in _json(broker, "rabbitmqctl -q list_users")} == {"celery": []}
+        assert [row["vhost"] for row in _json(broker, "rabbitmqctl -q list_user_permissions celery")] == ["celery"]
+        again = deploy()
+        assert changed_tasks(again.stdout) == [], again.stdout[-3000:]
+        assert set(recap(again.stdout)) == set(HOSTS)
+    finally:
+        broker.run("rabbitmqctl -q delete_vhost hand-made")
