@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import quote
 
 # RFC 1123 label: letters, digits and '-', 1 to 63 characters, neither starting nor ending with '-'.
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -35,8 +36,20 @@ def fleet_address_kind(value) -> str:
     return "name" if _is_host_name(value) else ""
 
 
+def fleet_broker_url(addresses, password, tls: bool) -> str:
+    """The fleet's broker URL: one per broker address, ';'-separated in order (kombu fails over between them).
+
+    User celery on vhost celery; amqps:// on 5671 with TLS, else amqp:// on 5672. The password is
+    percent-encoded ('/' too: any printable character works, and the URL holds none that a shell or
+    systemd would read); an IPv6 address is bracketed.
+    """
+    scheme, port = ("amqps", 5671) if tls else ("amqp", 5672)
+    secret = quote(str(password), safe="")
+    return ";".join(f"{scheme}://celery:{secret}@{f'[{a}]' if ':' in a else a}:{port}/celery" for a in addresses)
+
+
 class FilterModule:
-    """fleet_address_kind: 'ipv4', 'ipv6', 'name' or '' (not an address)."""
+    """fleet_address_kind: 'ipv4', 'ipv6', 'name' or '' (not an address); fleet_broker_url."""
 
     def filters(self):
-        return {"fleet_address_kind": fleet_address_kind}
+        return {"fleet_address_kind": fleet_address_kind, "fleet_broker_url": fleet_broker_url}
