@@ -16,6 +16,7 @@ ANSIBLE_ARGS ?=
 SERIAL ?= 1
 BENCH ?=
 HOSTS ?=
+FLEET ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -91,8 +92,17 @@ lint: setup ## Run ruff, shellcheck, yamllint, ansible-lint (production profile)
 test-unit: $(STAMP) ## Run the fast tier: no root, no sandbox, no broker (well under a minute)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS) tests/unit
 
+.PHONY: test-fast
+test-fast: $(STAMP) ## Run the fast tiers: unit and preflight (no root, no sandbox, no broker)
+	$(BIN)/pytest -m "unit or preflight" $(PYTEST_ARGS) tests/unit tests/preflight
+
+.PHONY: test-fleet
+test-fleet: setup ## Run one fleet's tests alone: FLEET=name (tests/support/fleet.py lists the fleets) (root)
+	@scripts/system-packages.sh test
+	$(BIN)/pytest --fleet "$(FLEET)" $(PYTEST_ARGS) tests
+
 .PHONY: test
-test: setup ## Run the whole test suite (lint, fast tier, broker and sandbox fleet tiers)
+test: setup ## Run the whole test suite (lint, fast tiers, broker and sandbox fleet tiers)
 	@scripts/system-packages.sh test
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS) tests

@@ -1,7 +1,13 @@
-"""Shared fixtures: sandbox fleets brought up per test module, and one deployed fleet per session.
+"""Shared fixtures and hooks: the tiers, and the fleets (tests/support/fleet.py), each up once per session.
 
 Every test belongs to one tier, marked by the top directory of its file under tests/ unless it is
-marked already: unit (tests/unit), broker (tests/app: a RabbitMQ on loopback), sandbox (the others).
+marked already: unit (tests/unit), preflight (tests/preflight: no host reached), broker (tests/app: a
+RabbitMQ on loopback), sandbox (the others). A sandbox test names the fleets it runs on: the marker
+fleet("name") (on its module, or on the test), or the fixture deployed_fleet (the default fleet).
+Tests run tier by tier (fast first) and, in the sandbox tier, fleet by fleet: each fleet is brought up
+(and deployed) when its first test needs it and down after its last one. `--fleet NAME` runs one
+fleet's tests alone; a failing test's report names its fleets and hosts and leaves their logs under
+the test's output directory.
 """
 
 from __future__ import annotations
@@ -12,15 +18,32 @@ from pathlib import Path
 
 import pytest
 
-from support.fleet import SANDBOX_INVENTORY, Fleet, make
+from support.fleet import FLEETS, FleetPool, safe_name
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "broker", "sandbox")
-DIRECTORY_TIERS = {"unit": "unit", "app": "broker"}  # any other directory under tests/: sandbox
+TIERS = ("unit", "preflight", "broker", "sandbox")
+DIRECTORY_TIERS = {"unit": "unit", "preflight": "preflight", "app": "broker"}  # any other: sandbox
 
 
 def _keep() -> bool:
     return os.environ.get("KEEP_SANDBOX") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fleet", action="append", default=[], metavar="NAME",
+                     help=f"run only the tests of this fleet (repeatable): {', '.join(FLEETS)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_POOL] = FleetPool(keep=_keep())
+    unknown = sorted(set(config.getoption("--fleet")) - set(FLEETS))
+    if unknown:
+        raise pytest.UsageError(f"--fleet {' '.join(map(repr, unknown))}: no such fleet "
+                                f"(make test-fleet FLEET=name; fleets: {', '.join(FLEETS)})")
+
+
+_POOL = pytest.StashKey[FleetPool]()
+_LAST = pytest.StashKey[dict[str, str]]()  # fleet -> nodeid of the last test that uses it
 
 
 def _tier(path: Path) -> str:
@@ -30,7 +53,15 @@ def _tier(path: Path) -> str:
     return DIRECTORY_TIERS.get(parts[0], "sandbox") if len(parts) > 1 else "sandbox"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def fleets_of(item: pytest.Item) -> list[str]:
+    """The fleets a test runs on: its fleet markers, and the default fleet when it uses deployed_fleet."""
+    names = [m.args[0] for m in item.iter_markers("fleet")]
+    if "deployed_fleet" in getattr(item, "fixturenames", ()):
+        names.append("sandbox")
+    return list(dict.fromkeys(names))
+
+
+def _mark_tiers(items: list[pytest.Item]) -> None:
     """Mark each test that carries no tier marker with its directory's tier.
 
     A module none of whose tests has a tier marker gets it on the module itself (its tests inherit it,
@@ -52,23 +83,109 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(tier)
 
 
-@pytest.fixture(scope="module")
-def sandbox_fleet(request):
-    """Bring the module's SANDBOX_INVENTORY up for the module, and down afterwards."""
-    inventory = Path(getattr(request.module, "SANDBOX_INVENTORY", SANDBOX_INVENTORY))
-    make("sandbox-up", f"INVENTORY={inventory}")
-    yield Fleet(inventory=inventory)
-    if not _keep():
-        make("sandbox-down", f"INVENTORY={inventory}")
+def _order(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Tier by tier (fast first); within the sandbox tier, module by module grouped by fleet (a module's first
+    fleet), each group where its first module stood, and a fleet a module uses beside its own right after
+    that module's group (it is up then anyway); within a module, the order of the file."""
+    rank = {tier: index for index, tier in enumerate(TIERS)}
+    modules: dict[pytest.Module | None, list[str]] = {}
+    for item in items:
+        names = modules.setdefault(item.getparent(pytest.Module), [])
+        names.extend(name for name in fleets_of(item) if name not in names)
+    groups: dict[str, float] = {}
+    for names in modules.values():
+        if names:
+            groups.setdefault(names[0], len(groups))
+    for names in modules.values():
+        for name in names[1:]:
+            groups[name] = min(groups.get(name, len(groups)), groups[names[0]] + 0.5)
+    first = {module: index for index, module in enumerate(modules)}
+
+    def key(item: pytest.Item) -> tuple:
+        module = item.getparent(pytest.Module)
+        tier = next((t for t in TIERS if item.get_closest_marker(t)), "sandbox")
+        names = modules[module]
+        return rank[tier], groups[names[0]] if names else -1, first[module]
+
+    return sorted(items, key=key)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _mark_tiers(items)
+    wanted = set(config.getoption("--fleet"))
+    if wanted:
+        selected = [item for item in items if wanted & set(fleets_of(item))]
+        config.hook.pytest_deselected(items=[item for item in items if item not in selected])
+        items[:] = selected
+    items[:] = _order(items)
+    config.stash[_LAST] = {name: item.nodeid for item in items for name in fleets_of(item)}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """After a fleet's last test (its module fixtures finalized with it), the fleet goes down."""
+    try:
+        return (yield)
+    finally:
+        pool = item.config.stash[_POOL]
+        for name, last in item.config.stash[_LAST].items():
+            if last == item.nodeid:
+                pool.down(name)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[_POOL].close()  # whatever an interrupted or failed run left up
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test's report names its fleets and hosts; their logs go under the test's output directory."""
+    report = yield
+    pool = item.config.stash[_POOL]
+    fleets = [pool.up[name] for name in fleets_of(item) if name in pool.up]
+    if report.failed and fleets:
+        tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+        base = tmp_path or item.config._tmp_path_factory.getbasetemp() / safe_name(item.nodeid)
+        lines = []
+        for fleet in fleets:
+            try:
+                lines.append(fleet.describe())
+                written = fleet.collect_logs(Path(base) / "fleet-logs" / fleet.name)
+                lines.append(f"  logs: {written[0].parent if written else 'none'}")
+            except Exception as error:  # the report must not fail on a fleet that is gone
+                lines.append(f"fleet {fleet.name}: not described ({error})")
+        report.sections.append((f"fleets of this test ({call.when})", "\n".join(lines)))
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """After the --durations table: one line per fleet held this session."""
+    lines = config.stash[_POOL].summary()
+    if lines:
+        terminalreporter.write_sep("=", "fleets: boot, cold deploy and time held")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
-def deployed_fleet():
+def fleet_pool(request) -> FleetPool:
+    """The session's fleets (tests that use one next to their module's fleet get it from here)."""
+    return request.config.stash[_POOL]
+
+
+@pytest.fixture(scope="module")
+def sandbox_fleet(request, fleet_pool):
+    """The fleet the module's fleet marker names, up (and deployed where its spec says so)."""
+    marker = request.node.get_closest_marker("fleet")
+    assert marker, f"{request.node.nodeid}: a module that uses sandbox_fleet names its fleet: pytest.mark.fleet(...)"
+    return fleet_pool.get(marker.args[0])
+
+
+@pytest.fixture(scope="session")
+def deployed_fleet(fleet_pool):
     """The default sandbox fleet, brought up and deployed once per session (KEEP_SANDBOX=1 keeps it)."""
-    proc = make("deploy")
-    yield Fleet(inventory=SANDBOX_INVENTORY, deploy_output=proc.stdout)
-    if not _keep():
-        make("sandbox-down", f"INVENTORY={SANDBOX_INVENTORY}")
+    return fleet_pool.get("sandbox")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,6 +1,6 @@
 """A RabbitMQ cluster of three broker hosts (issue 15), grown from one broker host, with two worker hosts.
 
-Inventory tests/cluster/cluster-fleet/: cl-b1 (the seed), cl-b2, cl-b3 in group rabbitmq; cl-w1 and
+Inventory tests/fleets/cluster/: cl-b1 (the seed), cl-b2, cl-b3 in group rabbitmq; cl-w1 and
 cl-w2 each run a node on `orders` and `celery` (two pool processes); beat on cl-w2.
 """
 from __future__ import annotations
@@ -9,19 +9,20 @@ import json
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 
 from fleetctl import inventory as fleet_model
-from support.deploy import ROOT, changed_tasks, deploy, inventory_hostvars, recap, ssh, write_inventory
+from support.deploy import ROOT, changed_tasks, deploy, inventory_hostvars, recap, write_inventory
+from support.fleet import Fleet
 
-SANDBOX_INVENTORY = Path(__file__).resolve().parent / "cluster-fleet" / "hosts.yml"
+pytestmark = pytest.mark.fleet("cluster")
+CLUSTER = Fleet.named("cluster")
+SANDBOX_INVENTORY = CLUSTER.inventory
 BROKERS, WORKERS = ("cl-b1", "cl-b2", "cl-b3"), ("cl-w1", "cl-w2")
 NODES = [f"rabbit@{name}" for name in BROKERS]
-COOKIE_FILE = ROOT / ".secrets" / "cluster-fleet" / "rabbitmq-erlang-cookie"
-FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
+COOKIE_FILE = ROOT / ".secrets" / SANDBOX_INVENTORY.parent.name / "rabbitmq-erlang-cookie"
 RECORD = "celery_app.tasks.examples.record"  # late-acked, at least once (celery_app.tasks.examples)
 # The disruption test: TASKS record tasks of TASK_SECONDS each on the four pool processes (two per worker host):
 # at least TASKS * TASK_SECONDS / 4 = 150 s of work, so that a backlog is there through the disruptions.
@@ -36,7 +37,7 @@ RELAXED = ("--load-warn", "50", "--load-fail", "100", "--memory-warn", "99", "--
 
 def _ssh(host: str, command: str, timeout: float = GUARD, check: bool = True) -> str:
     """command run as root on a sandbox host of the fleet, its stdout."""
-    return ssh(SANDBOX_INVENTORY, host, command, timeout, check)
+    return CLUSTER.ssh(host, command, timeout, check)
 
 
 def _cluster_status(host: str) -> dict:
@@ -52,9 +53,8 @@ def _running_nodes(host: str) -> list[str]:
         return []
 
 
-def _fleetctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(FLEETCTL), *args, "--inventory", str(SANDBOX_INVENTORY)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=GUARD)
+def _fleetctl(verb: str, *args: str) -> subprocess.CompletedProcess:
+    return CLUSTER.fleetctl(verb, *args, timeout=GUARD)
 
 
 def _health() -> subprocess.CompletedProcess:
@@ -249,7 +249,7 @@ def test_health_warns_with_one_broker_node_off_and_fails_when_the_majority_is_lo
         assert rows["cl-b1"]["status"] == rows["cl-b2"]["status"] == "OK"
         assert rows["orders"]["status"] == "WARN", rows["orders"]  # its replica on cl-b3 is out
         assert rows["orders"]["reasons"][0].startswith("quorum queue, 2 of 3 replicas online (cl-b3 not answering)")
-        refused = _fleetctl("broker", "restart")  # a degraded cluster is not restarted: it says why
+        refused = _fleetctl("broker restart")  # a degraded cluster is not restarted: it says why
         assert refused.returncode == 1 and "cluster degraded, nothing restarted" in refused.stdout, refused.stdout
         assert "cl-b3: broker not running or not answering" in refused.stdout, refused.stdout
         assert _fleetctl_sandbox("poweroff", "cl-b2").returncode == 0
@@ -293,9 +293,8 @@ def test_late_acked_tasks_all_complete_through_a_power_cut_a_blank_replacement_a
 
     # Another broker host is replaced by a blank one: the cluster forgets its old self, it joins again.
     assert _fleetctl_sandbox("poweroff", "cl-b3").returncode == 0
-    up = subprocess.run(["make", "--no-print-directory", "sandbox-up", f"INVENTORY={SANDBOX_INVENTORY}"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=GUARD)  # boots the dead host blank
-    assert up.returncode == 0, up.stdout + up.stderr
+    up = CLUSTER.make("sandbox-up", timeout=GUARD)  # boots the dead host blank
+    assert up.returncode == 0, up.stdout
     assert _ssh("cl-b3", "test -e /var/lib/rabbitmq || echo blank").strip() == "blank"
     done = deploy(SANDBOX_INVENTORY)
     assert done.returncode == 0, done.stdout[-5000:]
@@ -305,7 +304,7 @@ def test_late_acked_tasks_all_complete_through_a_power_cut_a_blank_replacement_a
     _wait_cluster("cl-b1")
 
     # A rolling restart of the three broker nodes.
-    restart = _fleetctl("broker", "restart", "--format", "json")
+    restart = _fleetctl("broker restart", "--format", "json")
     assert restart.returncode == 0, restart.stdout + restart.stderr
     assert [node["status"] for node in json.loads(restart.stdout)["nodes"]] == ["OK", "OK", "OK"]
 
@@ -346,5 +345,4 @@ def _done_ids(ledger_ids: dict[str, list[str]]) -> set[str]:
 
 
 def _fleetctl_sandbox(verb: str, host: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(FLEETCTL), "sandbox", verb, host, "--inventory", str(SANDBOX_INVENTORY)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=GUARD)
+    return CLUSTER.sandbox(verb, host, timeout=GUARD)

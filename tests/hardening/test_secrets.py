@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import shlex
 import subprocess
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from support.deploy import ROOT, SANDBOX_INVENTORY, inventory_hostvars, recap
+from support.fleet import BIN, Fleet, run
 
 HOSTS = ["broker", "worker1", "worker2"]
 WORKERS = ["worker1", "worker2"]
@@ -67,14 +67,12 @@ def _lines_holding(hostname: str, command: str, password: str) -> list[str]:
                               "do line=${line//\"$pw\"/<password>}; printf '%s\\n' \"${line:0:300}\"; done", password)
 
 
-def _deploy(*make_args: str, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def _deploy(check: bool = False, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`make deploy` of the sandbox fleet; with options, ansible-playbook itself (make's sandbox-up reads no -v)."""
-    command = ([str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(SANDBOX_INVENTORY), *options,
-                "playbooks/site.yml"] if options else ["make", "--no-print-directory", "deploy", *make_args])
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
-    return subprocess.run(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env={**environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
-                          timeout=1800)
+    if options:
+        return run([str(BIN / "ansible-playbook"), "-i", str(SANDBOX_INVENTORY), *options, "playbooks/site.yml"],
+                   merge=True)
+    return Fleet.named("sandbox").deploy(check=check)
 
 
 def _succeeded(run: subprocess.CompletedProcess) -> str:
@@ -107,7 +105,7 @@ def exposed_deploys(deployed_fleet) -> ExposedDeploys:
     assert _ssh(FLOWER_HOST, f"sed -i '/^FLOWER_BASIC_AUTH=/d' {FLOWER_ENV_FILE}").returncode == 0
     verbose = None
     try:
-        check = _succeeded(_deploy("CHECK=1"))  # --check --diff
+        check = _succeeded(_deploy(check=True))  # --check --diff
         for hostname in HOSTS:
             assert _ssh(hostname, f"rm -f {_SAMPLES}; {_SAMPLER}").returncode == 0
         verbose = _deploy(options=("-vvv", "--diff"))

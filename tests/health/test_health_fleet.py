@@ -6,6 +6,7 @@ share this machine's kernel and disk, so a busy or full test machine is not what
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
 FAB = ROOT / ".venv" / "bin" / "fab"
 SHARED_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
-# The throwaway fleet of the powered-off test (sandbox_fleet fixture): two bare hosts, never deployed.
-SANDBOX_INVENTORY = Path(__file__).resolve().parent / "down-fleet" / "hosts.yml"
 HOSTS = ("broker", "worker1", "worker2")
 NODES = {"calc@worker1": "worker1", "reports@worker1": "worker1", "celery@worker2": "worker2"}
 RELAXED = ("--load-warn", "50", "--load-fail", "100", "--memory-warn", "99", "--memory-fail", "100",
@@ -146,47 +145,42 @@ def test_status_and_the_fabric_tasks_give_one_row_per_host(fleet):
                           "celery", "reports"])
 
 
-def test_stopped_celery_service_fails_its_host_and_its_node(fleet):
-    worker2 = fleet.host("worker2")
-    _run(worker2, "systemctl stop celery")
+@contextlib.contextmanager
+def _faulted(host, fault: str, repair: str):
+    """(exit code, rows by name, report) of a health run with fault done on host; repair is run afterwards."""
+    _run(host, fault)
     try:
         code, report = _health()
-        rows = _rows(report)
+        yield code, _rows(report), report
+    finally:
+        _run(host, repair)
+
+
+def test_stopped_celery_service_fails_its_host_and_its_node(fleet):
+    with _faulted(fleet.host("worker2"), "systemctl stop celery", "systemctl start celery") as (code, rows, _):
         assert code == 1
         assert rows["worker2"]["status"] == "FAIL" and "celery.service inactive (dead)" in rows["worker2"]["reasons"]
         assert rows["celery@worker2"]["status"] == "FAIL"
         assert "no worker process on the host" in rows["celery@worker2"]["reasons"][0]
         assert rows["worker1"]["status"] == rows["calc@worker1"]["status"] == "OK"
-    finally:
-        _run(worker2, "systemctl start celery")
 
 
 def test_node_killed_with_sigkill_is_named(fleet):
-    worker1 = fleet.host("worker1")
-    _run(worker1, "kill -9 $(cat /run/celery/reports.pid)")
-    try:
-        code, report = _health()
-        rows = _rows(report)
+    with _faulted(fleet.host("worker1"), "kill -9 $(cat /run/celery/reports.pid)",
+                  "systemctl restart celery") as (code, rows, report):
         assert code == 1
         assert rows["reports@worker1"]["status"] == "FAIL"
         assert rows["reports@worker1"]["reasons"][0].startswith("no answer to ping within 2 s; no worker process")
         assert rows["calc@worker1"]["status"] == "OK"
         not_ok = {row["name"]: row["reasons"] for row in report["rows"] if row["status"] != "OK"}
         assert list(not_ok) == ["reports@worker1"], not_ok
-    finally:
-        _run(worker1, "systemctl restart celery")
 
 
 def test_stopped_beat_is_flagged_on_the_beat_host(fleet):
-    worker2 = fleet.host("worker2")
-    _run(worker2, "systemctl stop celerybeat")
-    try:
-        code, report = _health()
+    with _faulted(fleet.host("worker2"), "systemctl stop celerybeat", "systemctl start celerybeat") as (code, rows, _):
         assert code == 1
-        assert _rows(report)["worker2"]["status"] == "FAIL"
-        assert "celerybeat.service inactive (dead)" in _rows(report)["worker2"]["reasons"]
-    finally:
-        _run(worker2, "systemctl start celerybeat")
+        assert rows["worker2"]["status"] == "FAIL"
+        assert "celerybeat.service inactive (dead)" in rows["worker2"]["reasons"]
 
 
 def test_queue_dropped_at_runtime_shows_as_drift(fleet, celery_app):
@@ -275,26 +269,31 @@ def test_missing_inventory_is_a_usage_error():
     assert proc.returncode == 2 and "/nonexistent/hosts.yml" in proc.stderr
 
 
-def test_powered_off_host_is_down_and_the_run_still_ends(deployed_fleet, sandbox_fleet):
-    """Last: a throwaway fleet (its own inventory), checked against the shared broker; one host is killed."""
+@pytest.mark.fleet("bare")
+def test_powered_off_host_is_down_and_the_run_still_ends(deployed_fleet, fleet_pool):
+    """The bare fleet (never deployed), checked against the shared broker; one host is killed, then replaced."""
+    bare = fleet_pool.get("bare")
     env = {"CELERY_BROKER_URL": fleet_model.load_fleet(SHARED_INVENTORY).broker_url}
-    code, report = _health(inventory=SANDBOX_INVENTORY, env=env)
+    code, report = _health(inventory=bare.inventory, env=env)
     rows = _rows(report)
     assert code == 1  # never deployed: no celery.service, no node answers
-    assert rows["hdown-a"]["status"] == rows["hdown-b"]["status"] == "FAIL"
+    assert rows["node-a"]["status"] == rows["node-b"]["status"] == "FAIL"
 
-    fid = sandbox.fleet_id(SANDBOX_INVENTORY)
-    os.kill(sandbox.container_inits()[(fid, "hdown-b")], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while (fid, "hdown-b") in sandbox.container_inits():
-        assert time.monotonic() < deadline, "hdown-b did not power off"
-        time.sleep(0.2)
+    try:
+        fid = sandbox.fleet_id(bare.inventory)
+        os.kill(sandbox.container_inits()[(fid, "node-b")], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (fid, "node-b") in sandbox.container_inits():
+            assert time.monotonic() < deadline, "node-b did not power off"
+            time.sleep(0.2)
 
-    code, report = _health(inventory=SANDBOX_INVENTORY, env=env)
-    rows = _rows(report)
-    assert code == 1 and report["status"] == "DOWN"
-    assert rows["hdown-b"]["status"] == "DOWN"
-    assert rows["hdown-b"]["reasons"][0].startswith("unreachable over SSH: ")
-    assert rows["celery@hdown-b"]["status"] == "DOWN"
-    assert rows["hdown-a"]["status"] == "FAIL"  # the other host's probe still came back
-    assert report["bound"] == 5.0
+        code, report = _health(inventory=bare.inventory, env=env)
+        rows = _rows(report)
+        assert code == 1 and report["status"] == "DOWN"
+        assert rows["node-b"]["status"] == "DOWN"
+        assert rows["node-b"]["reasons"][0].startswith("unreachable over SSH: ")
+        assert rows["celery@node-b"]["status"] == "DOWN"
+        assert rows["node-a"]["status"] == "FAIL"  # the other host's probe still came back
+        assert report["bound"] == 5.0
+    finally:  # the bare fleet's other tests (tests/sandbox) find every host up again
+        assert bare.make("sandbox-up").returncode == 0

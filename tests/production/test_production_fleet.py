@@ -10,9 +10,7 @@ and shells, and each host's ansible_host is a template.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,60 +19,20 @@ import pytest
 import yaml
 
 from support.deploy import recap
-from support.fleet import make
+from support.fleet import BIN, FLEETS, ROOT, fleet_env, run
+from support.production import INVENTORY, PASSWORD, VAULT_PASS
 from support.release import sample_app
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / ".venv" / "bin"
-BASE = ROOT / ".sandbox" / "test-inventories"
-INVENTORY = BASE / "production" / "hosts.yml"
-VAULT_PASS = BASE / "production.vault-pass"
+pytestmark = pytest.mark.fleet("production")
+SPEC = FLEETS["production"]
 KNOWN_HOSTS = ROOT / ".sandbox" / "known_hosts"
-PASSWORD = "p@ss:w/rd%\"$#' and a space " + secrets.token_hex(4)  # every character that breaks a URL or sh
 HOSTS = ("prod-broker", "prod-w1", "prod-w2")
 NODES = ("jobs@prod-w1", "jobs@prod-w2")
 GUARD = 1800
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
-    return {**env, "ANSIBLE_VAULT_PASSWORD_FILE": str(VAULT_PASS), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_NOCOLOR": "1"}
-
-
 def _run(*args: str, timeout: float = GUARD) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _deploy() -> subprocess.CompletedProcess:
-    return _run("make", "--no-print-directory", "deploy", f"INVENTORY={INVENTORY}")
-
-
-def _fleetctl(*args: str) -> subprocess.CompletedProcess:
-    return _run(str(BIN / "fleetctl"), *args[:1], "--inventory", str(INVENTORY), *args[1:], timeout=600)
-
-
-def _write_inventory() -> None:
-    """The inventory: deploy login, templated ansible_host, the password in a vaulted group var."""
-    directory = INVENTORY.parent
-    shutil.rmtree(directory, ignore_errors=True)
-    (directory / "group_vars" / "all").mkdir(parents=True)
-    VAULT_PASS.write_text(secrets.token_urlsafe(24) + "\n")
-    VAULT_PASS.chmod(0o600)
-    vaulted = subprocess.run([str(BIN / "ansible-vault"), "encrypt_string", "--stdin-name", "fleet_broker_password"],
-                             input=PASSWORD, capture_output=True, text=True, check=True, env=_env()).stdout
-    (directory / "group_vars" / "all" / "vault.yml").write_text(vaulted)
-    host = {"ansible_host": "{{ sandbox_address }}"}
-    document = {"all": {"vars": {"sandbox_login": "deploy"}, "children": {
-        "rabbitmq": {"hosts": {"prod-broker": dict(host)}},
-        "celery_workers": {"hosts": {
-            "prod-w1": {**host, "celery_worker_nodes": [{"name": "jobs", "queues": ["jobs", "celery"],
-                                                         "concurrency": 1}]},
-            "prod-w2": {**host, "celery_worker_nodes": [{"name": "jobs", "queues": ["jobs"], "concurrency": 1}]},
-        }},
-        "celery_beat": {"hosts": {"prod-w2": {}}},
-    }}}
-    INVENTORY.write_text(yaml.safe_dump(document, sort_keys=False))
+    return run(list(args), env=fleet_env(dict(SPEC.env)), timeout=timeout)
 
 
 def _forget_ssh_masters() -> None:
@@ -84,16 +42,15 @@ def _forget_ssh_masters() -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    """The production-like fleet, booted and deployed once for the module (KEEP_SANDBOX=1 keeps it)."""
-    _write_inventory()
-    make("sandbox-up", f"INVENTORY={INVENTORY}")
-    deployed = _deploy()
-    yield deployed
-    if os.environ.get("KEEP_SANDBOX") != "1":
-        make("sandbox-down", f"INVENTORY={INVENTORY}")
-        shutil.rmtree(INVENTORY.parent, ignore_errors=True)
-        VAULT_PASS.unlink(missing_ok=True)
+def production(sandbox_fleet):
+    """The production-like fleet, booted by the fleet pool (its inventory written by support.production)."""
+    return sandbox_fleet
+
+
+@pytest.fixture(scope="module")
+def fleet(production):
+    """Its first deploy: the run's output."""
+    return production.deploy()
 
 
 def _ansible(host: str, command: str, *extra: str) -> subprocess.CompletedProcess:
@@ -118,14 +75,14 @@ def _address(host: str) -> str:
         str(INVENTORY.relative_to(ROOT))))
 
 
-def test_second_deploy_changes_nothing(fleet):
-    again = _deploy()
+def test_second_deploy_changes_nothing(fleet, production):
+    again = production.deploy()
     assert again.returncode == 0, again.stdout[-4000:]
     assert {host: counts["changed"] for host, counts in recap(again.stdout).items()} == dict.fromkeys(HOSTS, 0)
 
 
-def test_every_node_connects_with_a_vaulted_password_of_special_characters(fleet):
-    done = _fleetctl("health", "--format", "json")
+def test_every_node_connects_with_a_vaulted_password_of_special_characters(fleet, production):
+    done = production.fleetctl("health", "--format", "json")
     report = json.loads(done.stdout)
     rows = {row["name"]: row for row in report["rows"]}
     assert done.returncode == 0, done.stdout + done.stderr
@@ -141,15 +98,15 @@ def test_the_password_stays_out_of_the_environment_file_as_written(fleet):
     assert PASSWORD not in text and re.fullmatch(r"amqp://celery:[A-Za-z0-9%._~-]+@[0-9.]+:5672/celery", url)
 
 
-def test_broadcast_answers_from_every_node(fleet):
-    done = _fleetctl("broadcast", "--task", "host_report", "--format", "json")
+def test_broadcast_answers_from_every_node(fleet, production):
+    done = production.fleetctl("broadcast", "--task", "host_report", "--format", "json")
     assert done.returncode == 0, done.stdout + done.stderr
     outcome = json.loads(done.stdout)
     assert outcome["ok"] and outcome["answered"] == len(NODES)
 
 
-def test_rolling_restart_goes_through_sudo(fleet):
-    done = _fleetctl("restart", "--format", "json")
+def test_rolling_restart_goes_through_sudo(fleet, production):
+    done = production.fleetctl("restart", "--format", "json")
     assert done.returncode == 0, done.stdout + done.stderr
     outcome = json.loads(done.stdout)
     assert outcome["ok"] and [host["host"] for host in outcome["hosts"]] == ["prod-w1", "prod-w2"]
@@ -163,10 +120,10 @@ def test_the_roles_work_from_an_operators_own_playbook(fleet, tmp_path):
     assert {host: counts["changed"] for host, counts in recap(done.stdout).items()} == {"prod-w1": 0, "prod-w2": 0}
 
 
-def test_a_changed_host_key_is_refused_by_deploy_and_every_tool_naming_the_host(fleet):
+def test_a_changed_host_key_is_refused_by_deploy_and_every_tool_naming_the_host(fleet, production):
     address = _address("prod-w1")
     original = KNOWN_HOSTS.read_text()
-    other = Path(BASE / "spoofed_key")
+    other = INVENTORY.parent.parent / "spoofed_key"
     other.unlink(missing_ok=True)
     other.with_suffix(".pub").unlink(missing_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
@@ -175,19 +132,19 @@ def test_a_changed_host_key_is_refused_by_deploy_and_every_tool_naming_the_host(
     try:
         KNOWN_HOSTS.write_text("\n".join(lines) + "\n")
         _forget_ssh_masters()
-        deployed = _deploy()
+        deployed = production.deploy()
         assert deployed.returncode != 0
         assert re.search(r"prod-w1.*(UNREACHABLE|Host key verification failed)", deployed.stdout, re.DOTALL)
         assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in deployed.stdout + deployed.stderr or \
             "Host key verification failed" in deployed.stdout + deployed.stderr
 
-        health = _fleetctl("health", "--format", "json")
+        health = production.fleetctl("health", "--format", "json")
         rows = {row["name"]: row for row in json.loads(health.stdout)["rows"]}
         assert health.returncode == 1 and rows["prod-w1"]["status"] == "DOWN"
         assert "does not match its known_hosts entry" in rows["prod-w1"]["reasons"][0]
         assert rows["prod-w2"]["status"] != "DOWN"  # still reached (its load or heartbeat may be judged)
 
-        restarted = _fleetctl("restart", "--limit", "prod-w1", "--format", "json")
+        restarted = production.fleetctl("restart", "--limit", "prod-w1", "--format", "json")
         outcome = json.loads(restarted.stdout)
         assert restarted.returncode == 1 and outcome["stopped_at"] == ["prod-w1"]
         assert "does not match its known_hosts entry" in outcome["hosts"][0]["reasons"][0]
@@ -196,7 +153,7 @@ def test_a_changed_host_key_is_refused_by_deploy_and_every_tool_naming_the_host(
         _forget_ssh_masters()
         other.unlink(missing_ok=True)
         other.with_suffix(".pub").unlink(missing_ok=True)
-    assert _fleetctl("health").returncode == 0  # the refused restart gave the host its queues back
+    assert production.fleetctl("health").returncode == 0  # the refused restart gave the host its queues back
 
 
 OPERATOR = "fleetop"  # a controller user of its own: no root, no sudo
@@ -271,7 +228,7 @@ def test_make_deploy_and_health_of_an_operators_inventory_run_as_an_unprivileged
 
 
 # Last in the module: from here on the fleet runs an app of the operator's own.
-def test_a_release_of_the_operators_app_rolls_out_through_sudo(fleet, tmp_path):
+def test_a_release_of_the_operators_app_rolls_out_through_sudo(fleet, tmp_path, production):
     """fleetctl release (build, install, switch, drained restart, gate) as user deploy, then nothing to do."""
     document = yaml.safe_load(INVENTORY.read_text())
     workers = document["all"]["children"]["celery_workers"]
@@ -279,7 +236,7 @@ def test_a_release_of_the_operators_app_rolls_out_through_sudo(fleet, tmp_path):
                        "celery_worker_app": "shipyard.celery:app"}
     INVENTORY.write_text(yaml.safe_dump(document, sort_keys=False))
 
-    done = _fleetctl("release", "--version", "prod-1", "--format", "json")
+    done = production.fleetctl("release", "--version", "prod-1", "--format", "json")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     outcome = json.loads(done.stdout)
     assert [(h["host"], h["after"]) for h in outcome["hosts"]] == [("prod-w1", "prod-1"), ("prod-w2", "prod-1")]
@@ -287,9 +244,9 @@ def test_a_release_of_the_operators_app_rolls_out_through_sudo(fleet, tmp_path):
     current = _ansible("prod-w1", "readlink -f /opt/celery/current", "-e", "ansible_become=true").stdout.split()
     assert current[-1] == "/opt/celery/releases/prod-1"
 
-    again = _fleetctl("release", "--version", "prod-1", "--format", "json")
+    again = production.fleetctl("release", "--version", "prod-1", "--format", "json")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] == [], again.stdout + again.stderr
-    health = _fleetctl("health", "--format", "json")
+    health = production.fleetctl("health", "--format", "json")
     rows = {row["name"]: row for row in json.loads(health.stdout)["rows"]}
     assert all(rows[node]["status"] == "OK" for node in NODES), health.stdout
     for text in (done.stdout, done.stderr, again.stdout, health.stdout):

@@ -20,9 +20,11 @@ import pytest
 import yaml
 
 from support.deploy import ROOT, deploy, inventory_hostvars, recap, write_inventory
+from support.fleet import FLEETS
 from support.flower import listed_workers
 
-SANDBOX_INVENTORY = Path(__file__).resolve().parent / "inventories" / "tls" / "hosts.yml"
+pytestmark = pytest.mark.fleet("tls")
+SANDBOX_INVENTORY = FLEETS["tls"].inventory
 BROKER, WORKER = "tls-broker", "tls-worker"
 HOSTS = {BROKER, WORKER}
 OPERATOR = ". /etc/conf.d/celery && $CELERY_BIN -A $CELERY_APP"

@@ -1,6 +1,6 @@
 """A fleet with a Redis result backend, priority lanes and routed queues (issue 14), deployed once.
 
-Inventory tests/redis/redis-fleet/: rd-broker, rd-redis (group redis), rd-w1 (prio: queue priority;
+Inventory tests/fleets/redis/: rd-broker, rd-redis (group redis), rd-w1 (prio: queue priority;
 feeds: queue feeds bound to the topic exchange feeds with feed.#), rd-w2 (shared: priority,
 background, celery; urgent: queue urgent with max_priority 10; beat). Results expire after 15 s.
 Clients run on the worker hosts with the fleet's own app and settings (/etc/conf.d/celery).
@@ -14,16 +14,17 @@ import socket
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 
 from support.deploy import ROOT, deploy, fingerprint, inventory_hostvars, recap, ssh, write_inventory
+from support.fleet import FLEETS
 
-SANDBOX_INVENTORY = Path(__file__).resolve().parent / "redis-fleet" / "hosts.yml"
+pytestmark = pytest.mark.fleet("redis")
+SANDBOX_INVENTORY = FLEETS["redis"].inventory
 BROKER, REDIS, W1, W2 = "rd-broker", "rd-redis", "rd-w1", "rd-w2"
-PASSWORD_FILE = ROOT / ".secrets" / "redis-fleet" / "redis-celery-password"
+PASSWORD_FILE = ROOT / ".secrets" / SANDBOX_INVENTORY.parent.name / "redis-celery-password"
 RECORDS = "/var/lib/celery/records"
 PY = "cd /tmp && . /etc/conf.d/celery && exec timeout 120 /opt/celery/venv/bin/python -c "
 
@@ -82,10 +83,8 @@ def _redis(commands: list[list[str]]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fleet(sandbox_fleet):
-    """The fleet, deployed once (a cold deploy on fresh hosts), and the deploy's output."""
-    done = deploy(SANDBOX_INVENTORY)
-    assert done.returncode == 0, done.stdout[-5000:]
-    return done.stdout
+    """The fleet, deployed once (a cold deploy on fresh hosts: its spec), and the deploy's output."""
+    return sandbox_fleet.deploy_output
 
 
 @pytest.fixture(scope="module")

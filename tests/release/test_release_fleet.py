@@ -1,6 +1,6 @@
 """The operator's own application, deployed as releases that roll out host by host and roll back (issue 17).
 
-Inventory tests/release/release-fleet/: rl-broker, rl-w1 (the canary) and rl-w2 (beat), each worker
+Inventory tests/fleets/release/: rl-broker, rl-w1 (the canary) and rl-w2 (beat), each worker
 host with the nodes celery (queue celery: the heartbeat) and ship (the sample app's queue shipping).
 The sample app (tests/release/sample-app, package shipyard, dependency humanize) is copied per release
 into a directory of the module, and the inventory the tests deploy (written beside it, same directory
@@ -9,20 +9,20 @@ name: same secrets) points celery_worker_app_source there. The tests run in orde
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from support.deploy import ROOT, deploy, host, recap
+from support.fleet import FLEETS
 from support.release import app_inventory, sample_app
 
-SANDBOX_INVENTORY = Path(__file__).resolve().parent / "release-fleet" / "hosts.yml"
+pytestmark = pytest.mark.fleet("release")
+SANDBOX_INVENTORY = FLEETS["release"].inventory
 W1, W2 = "rl-w1", "rl-w2"
 QUOTE = "shipyard.tasks.quote"
 # Host metrics are not what these tests judge (the machine may be busy with other fleets).
@@ -52,12 +52,6 @@ def _quotes(host: str, count: int) -> list[dict]:
     return json.loads(_ssh(host, command).stdout)
 
 
-def _make(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=timeout, env=env)
-
-
 def _releases_seen(host: str, wanted: set[str], tries: int = 6) -> set[tuple[str, str]]:
     """(host, release) pairs of quote results until both worker hosts answered (or tries batches ran)."""
     seen: set[tuple[str, str]] = set()
@@ -75,7 +69,8 @@ def work(sandbox_fleet, tmp_path_factory):
     # Release ids v2, v3 name this run's content: builds of earlier runs (other code) are dropped.
     shutil.rmtree(ROOT / ".cache" / "releases" / SANDBOX_INVENTORY.parent.name, ignore_errors=True)
     app = sample_app(base, "v1")
-    return {"base": base, "app": app, "inventory": app_inventory(base / "inventory", SANDBOX_INVENTORY, app)}
+    return {"base": base, "app": app, "inventory": app_inventory(base / "inventory", SANDBOX_INVENTORY, app),
+            "fleet": sandbox_fleet}
 
 
 def test_check_mode_on_a_fresh_fleet_exits_zero_and_changes_nothing(work):
@@ -83,7 +78,7 @@ def test_check_mode_on_a_fresh_fleet_exits_zero_and_changes_nothing(work):
     proc = deploy(work["inventory"], check=True)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert f"{W1} PLANNED" in proc.stdout or not fresh, proc.stdout[-3000:]
-    dry = _make("release", f"INVENTORY={work['inventory']}", "CHECK=1")
+    dry = work["fleet"].make("release", "CHECK=1", inventory=work["inventory"])
     assert dry.returncode == 0, dry.stdout[-3000:]
     assert "DRY RUN" in dry.stdout
     if fresh:
@@ -112,7 +107,7 @@ def test_app_task_runs_on_the_node_of_its_queue_and_returns_its_result(v1):
 
 
 def test_broadcast_still_answers_from_every_node(work, v1):
-    proc = _make("broadcast", f"INVENTORY={work['inventory']}", "TASK=host_report")
+    proc = work["fleet"].make("broadcast", "TASK=host_report", inventory=work["inventory"])
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "4/4 nodes answered" in proc.stdout, proc.stdout[-3000:]
 
@@ -153,7 +148,7 @@ def test_release_v2_rolls_out_losing_no_task_of_a_stream(work, v1):
     publisher = threading.Thread(target=stream, daemon=True)
     publisher.start()
     try:
-        proc = _make("release", f"INVENTORY={work['inventory']}", "VERSION=v2")
+        proc = work["fleet"].make("release", "VERSION=v2", inventory=work["inventory"])
     finally:
         stop.set()
         publisher.join(30)
@@ -166,7 +161,7 @@ def test_release_v2_rolls_out_losing_no_task_of_a_stream(work, v1):
 
 def test_release_that_fails_at_import_on_the_hosts_stops_at_the_canary(work, v1):
     sample_app(work["base"], "v3", fail_on_hosts=True)
-    proc = _make("release", f"INVENTORY={work['inventory']}", "VERSION=v3")
+    proc = work["fleet"].make("release", "VERSION=v3", inventory=work["inventory"])
     assert proc.returncode != 0
     assert f"STOPPED at {W1}" in proc.stdout, proc.stdout[-4000:]
     assert _current(W1) == "v2" and _current(W2) == "v2"
@@ -178,7 +173,7 @@ def test_release_that_fails_at_import_on_the_hosts_stops_at_the_canary(work, v1)
 
 
 def test_rollback_returns_every_host_to_the_first_release(work, v1):
-    proc = _make("rollback", f"INVENTORY={work['inventory']}")
+    proc = work["fleet"].make("rollback", inventory=work["inventory"])
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert _current(W1) == _current(W2) == v1
     assert _releases_seen(W1, {W1, W2}) == {(W1, "v1"), (W2, "v1")}
@@ -187,7 +182,7 @@ def test_rollback_returns_every_host_to_the_first_release(work, v1):
 def test_a_second_release_of_an_unchanged_app_changes_nothing(work, v1):
     sample_app(work["base"], "v1")
     pids = _ssh(W1, "cat /run/celery/*.pid").stdout
-    proc = _make("release", f"INVENTORY={work['inventory']}")
+    proc = work["fleet"].make("release", inventory=work["inventory"])
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "0 host(s) switched" in proc.stdout, proc.stdout[-3000:]
     assert _ssh(W1, "cat /run/celery/*.pid").stdout == pids

@@ -20,7 +20,7 @@ import yaml
 from fleetctl import inventory as fleet_model
 from fleetctl import restart
 from fleetctl.cli.restart import describe_finding
-from support.fleet import wait_active
+from support.fleet import Fleet, wait_active
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
@@ -300,8 +300,7 @@ POWER_TASKS = 500  # persistent tasks waiting at the broker through its power cu
 
 
 def _power(verb: str, host: str) -> None:
-    proc = subprocess.run([str(FLEETCTL), "sandbox", verb, host, "--inventory", str(INVENTORY)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = Fleet.named("sandbox").sandbox(verb, host)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from fleetctl import sandbox
-from support.fleet import ROOT, make
+from support.fleet import FLEETS, ROOT, Fleet, make
 
-SANDBOX_INVENTORY = ROOT / "tests" / "inventories" / "four-hosts" / "hosts.ini"
+pytestmark = pytest.mark.fleet("bare")
+SANDBOX_INVENTORY = FLEETS["bare"].inventory
 HOSTS = ["mq1", "node-a", "node-b", "watch1"]
 
 
@@ -125,9 +126,8 @@ def test_sandbox_up_replaces_a_host_whose_container_died(sandbox_fleet):
     assert sandbox_fleet.host("watch1").run("hostname").stdout.strip() == "watch1"
 
 
-def _fleetctl_sandbox(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "fleetctl"), "sandbox", *args, "-i", str(SANDBOX_INVENTORY)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+def _fleetctl_sandbox(verb: str, *args: str) -> subprocess.CompletedProcess:
+    done = Fleet.named("bare").sandbox(verb, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 

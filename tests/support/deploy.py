@@ -8,10 +8,13 @@ import os
 import re
 import shlex
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import testinfra
 import yaml
+
+from support.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
@@ -30,15 +33,9 @@ _FINGERPRINT = ("sha256sum /etc/conf.d/celery /etc/systemd/system/celery.service
 
 
 def deploy(inventory: Path | None = None, check: bool = False, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """`make deploy` (default inventory unless given), stdout and stderr captured together."""
-    args = ["make", "--no-print-directory", "deploy"]
-    if inventory is not None:
-        args.append(f"INVENTORY={inventory}")
-    if check:
-        args.append("CHECK=1")
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(args, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=timeout, env=env)
+    """`make deploy` of inventory (written for the hosts of a fleet; the default fleet's unless given), stdout and
+    stderr captured together."""
+    return Fleet.named("sandbox").deploy(inventory, check=check, timeout=timeout)
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -63,12 +60,23 @@ def changed_tasks(output: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def inventory_hostvars(inventory: Path = SANDBOX_INVENTORY) -> dict[str, dict]:
-    """Every host's variables as Ansible sees them (vars plugins included)."""
+def _inventory_list(inventory: Path) -> dict:
+    """`ansible-inventory --list` of the inventory (vars plugins included)."""
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-inventory"), "-i", str(inventory), "--list"],
                          cwd=ROOT, text=True, capture_output=True, check=True,
                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))).stdout
-    return json.loads(out)["_meta"]["hostvars"]
+    return json.loads(out)
+
+
+def inventory_hostvars(inventory: Path = SANDBOX_INVENTORY) -> dict[str, dict]:
+    """Every host's variables as Ansible sees them (vars plugins included; hosts without any are left out)."""
+    return _inventory_list(inventory)["_meta"]["hostvars"]
+
+
+def inventory_hosts(inventory: Path = SANDBOX_INVENTORY) -> list[str]:
+    """Every host of the inventory, sorted."""
+    listed = _inventory_list(inventory)
+    return sorted({host for name, group in listed.items() if name != "_meta" for host in group.get("hosts", [])})
 
 
 def sandbox_inventory() -> dict:
@@ -76,19 +84,34 @@ def sandbox_inventory() -> dict:
     return yaml.safe_load(SANDBOX_INVENTORY.read_text())
 
 
-def write_inventory(parent: Path, inventory: dict | str, source: Path = SANDBOX_INVENTORY) -> Path:
+# Offline hosts: loopback addresses no SSH server answers, so a host that is contacted fails as unreachable.
+OFFLINE_NETWORK = "127.255.0"
+_OFFLINE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def _offline_hostvars(source: Path) -> dict[str, dict]:
+    """What the sandbox vars plugin gives source's hosts, with an address that leads nowhere instead."""
+    names = inventory_hosts(source)
+    return {name: {"ansible_host": f"{OFFLINE_NETWORK}.{index}", "fleet_http_proxy": f"http://{OFFLINE_NETWORK}.1:8888",
+                   "fleet_ca_bundle": _OFFLINE_CA_BUNDLE} for index, name in enumerate(names, start=2)}
+
+
+def write_inventory(parent: Path, inventory: dict | str, source: Path = SANDBOX_INVENTORY,
+                    offline: bool = False) -> Path:
     """An inventory of the running sandbox hosts of source in parent/<its directory name>/hosts.yml.
 
     Connection variables go to host_vars/. The directory is named like the source inventory's, so the
     deploy reuses that fleet's broker password (.secrets/sandbox/ for the default): only what the
     inventory itself changes differs on the hosts. The package proxy variables go to all.vars unless the
-    inventory sets them (so it can get them wrong).
+    inventory sets them (so it can get them wrong). offline: source's hosts get addresses that lead
+    nowhere (OFFLINE_NETWORK) instead of the sandbox's, for preflight checks that need no fleet.
     """
     document = yaml.safe_load(inventory) if isinstance(inventory, str) else inventory
     directory = parent / source.parent.name
     (directory / "host_vars").mkdir(parents=True, exist_ok=True)
     fleet_vars = {}
-    for host_name, variables in inventory_hostvars(source).items():
+    hostvars = _offline_hostvars(source) if offline else inventory_hostvars(source)
+    for host_name, variables in hostvars.items():
         connection = {k: v for k, v in variables.items() if k.startswith("ansible_")}
         (directory / "host_vars" / f"{host_name}.yml").write_text(yaml.safe_dump(connection))
         fleet_vars.update({k: v for k, v in variables.items() if k.startswith("fleet_")})
@@ -96,6 +119,37 @@ def write_inventory(parent: Path, inventory: dict | str, source: Path = SANDBOX_
     document["all"]["vars"] = {**fleet_vars, **all_vars}
     (directory / "hosts.yml").write_text(yaml.safe_dump(document, sort_keys=False))
     return directory / "hosts.yml"
+
+
+def deploy_all(inventories: dict[str, Path], at_once: int = 3) -> dict[str, subprocess.CompletedProcess]:
+    """name -> `make deploy` of each inventory, at_once of them running at a time."""
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        runs = {name: pool.submit(deploy, inventory) for name, inventory in inventories.items()}
+        return {name: run.result() for name, run in runs.items()}
+
+
+def selected_params(request, argname: str) -> list:
+    """The values of parameter argname among the tests of request's module that this session runs."""
+    values = []
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if item.module is request.module and callspec is not None and argname in callspec.params:
+            values.append(callspec.params[argname])
+    return values
+
+
+def assert_refused_in_preflight(run: subprocess.CompletedProcess, expected: list[str], hidden: tuple[str, ...] = ()):
+    """The deploy failed in preflight, named every expected fragment, showed none of hidden, changed and reached
+    no host."""
+    assert run.returncode != 0
+    for fragment in expected:
+        assert fragment in run.stdout, run.stdout[-3000:]
+    for secret in hidden:
+        assert secret not in run.stdout
+    assert "PLAY [Broker, result backend, Flower and workers are installed and running]" not in run.stdout
+    assert not re.search(r"^changed: \[", run.stdout, re.MULTILINE), run.stdout[-3000:]
+    assert "UNREACHABLE!" not in run.stdout, run.stdout[-3000:]
+    assert all(s["changed"] == 0 and s["unreachable"] == 0 for s in recap(run.stdout).values())
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,11 +178,14 @@ def pinged_nodes(worker, nodes: list[str] | None = None) -> set[str]:
 
 
 def ssh(inventory: Path, host: str, command: str, timeout: float = 150, check: bool = True) -> str:
-    """command run as root on a sandbox host of inventory over SSH (its connection variables), its stdout."""
+    """command run as root on a sandbox host of inventory over SSH (its connection variables; through sudo for
+    a login that is not root), its stdout."""
     hv = inventory_hostvars(inventory)[host]
+    login = hv.get("ansible_user", "root")
     args = ["ssh", "-i", hv["ansible_ssh_private_key_file"], *shlex.split(hv.get("ansible_ssh_common_args", "")),
-            f"root@{hv['ansible_host']}", command]
+            f"{login}@{hv['ansible_host']}", command if login == "root" else f"sudo -n sh -c {shlex.quote(command)}"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
-        raise AssertionError(f"{host}: {command[:80]}... exit {done.returncode}: {done.stderr[-2000:]}")
+        raise AssertionError(f"{inventory.parent.name}/{host}: {command[:80]}... exit {done.returncode}: "
+                             f"{done.stderr[-2000:]}")
     return done.stdout

@@ -11,22 +11,21 @@ hanging it. The waits are bounded guards against hanging, not speed measurements
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from fleetctl.inventory import load_fleet
 from support.deploy import changed_tasks, recap
-from support.fleet import FLEETCTL, ROOT, Fleet, fleet_env
+from support.fleet import FLEETS, Fleet
 
-INVENTORY = Path(__file__).resolve().parent / "trixie-fleet" / "hosts.yml"
+pytestmark = pytest.mark.fleet("trixie")
+INVENTORY = FLEETS["trixie"].inventory
 BROKERS = ("tx-broker", "tx-broker2", "tx-broker3")
 BROKER, WORKERS = BROKERS[0], ("tx-worker1", "tx-worker2")
 RABBIT_NODES = sorted(f"rabbit@{name}" for name in BROKERS)
@@ -37,23 +36,6 @@ RECORDS = "/var/lib/celery/records"
 TASKS, TASK_SECONDS = 200, 0.1
 QUEUES = ("calc", "celery", "reports")
 COMPLETE_WITHIN = 300  # seconds (guard)
-DEPLOY_WITHIN = 1200  # seconds (guard): a cold deploy builds the virtualenvs through the proxy
-
-
-def _env() -> dict[str, str]:
-    """The fleet tools' environment (no loopback CELERY_* overrides), with the trixie suite."""
-    return {**fleet_env(), "SANDBOX_SUITE": "trixie", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-
-
-def _make(*args: str, timeout: float = DEPLOY_WITHIN) -> subprocess.CompletedProcess:
-    """A make target for the trixie inventory, stdout and stderr together."""
-    return subprocess.run(["make", "--no-print-directory", *args, f"INVENTORY={INVENTORY}"], cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), timeout=timeout)
-
-
-def _fleetctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(FLEETCTL), *args[:1], "--inventory", str(INVENTORY), *args[1:]], cwd=ROOT, text=True,
-                          capture_output=True, env=_env(), timeout=timeout)
 
 
 def _succeeded(run: subprocess.CompletedProcess) -> str:
@@ -62,14 +44,9 @@ def _succeeded(run: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def trixie_fleet():
-    """The trixie fleet, up and deployed (cold) for the module; down afterwards unless KEEP_SANDBOX=1."""
-    _succeeded(_make("sandbox-up"))
-    try:
-        yield Fleet(inventory=INVENTORY, deploy_output=_make("deploy").stdout)
-    finally:
-        if os.environ.get("KEEP_SANDBOX") != "1":
-            _make("sandbox-down")
+def trixie_fleet(sandbox_fleet) -> Fleet:
+    """The trixie fleet, up and deployed (cold) by the fleet pool."""
+    return sandbox_fleet
 
 
 def _failed_hosts(output: str) -> list[str]:
@@ -133,7 +110,7 @@ def test_cold_deploy_succeeds_on_debian_13_and_the_broker_runs_rabbitmq_4(trixie
 
 
 def test_second_deploy_changes_nothing(deployed):
-    output = _succeeded(_make("deploy"))
+    output = _succeeded(deployed.deploy())
     assert {name: counts["changed"] for name, counts in recap(output).items()} == dict.fromkeys(
         (*BROKERS, *WORKERS), 0), changed_tasks(output)
 
@@ -161,7 +138,7 @@ def test_three_rabbitmq_4_nodes_form_one_cluster_with_quorum_task_queues(deploye
 
 
 def test_fleet_is_healthy(deployed):
-    run = _fleetctl("health", "--format", "json")
+    run = deployed.fleetctl("health", "--format", "json")
     report = json.loads(run.stdout)
     assert run.returncode == 0 and report["healthy"], run.stdout[-3000:] + run.stderr
     rows = {row["name"]: row["status"] for row in report["rows"]}
@@ -169,7 +146,7 @@ def test_fleet_is_healthy(deployed):
 
 
 def test_broadcast_of_host_report_answers_from_every_node(deployed):
-    run = _fleetctl("broadcast", "--task", "host_report", "--format", "json")
+    run = deployed.fleetctl("broadcast", "--task", "host_report", "--format", "json")
     outcome = json.loads(run.stdout)
     assert run.returncode == 0 and outcome["complete"] and not outcome["failed"], run.stdout[-3000:] + run.stderr
     answered = {node for nodes in outcome["hosts"].values() for node in nodes}
@@ -184,7 +161,7 @@ def test_rolling_restart_succeeds_and_loses_no_task(deployed, app):
     try:
         ids = _send(app, ledger, 0, TASKS // 2)
         restarted: dict[str, subprocess.CompletedProcess] = {}
-        thread = threading.Thread(target=lambda: restarted.update(run=_fleetctl("restart", "--format", "json")))
+        thread = threading.Thread(target=lambda: restarted.update(run=deployed.fleetctl("restart", "--format", "json")))
         thread.start()
         ids += _send(app, ledger, TASKS // 2, TASKS - TASKS // 2)  # while the restart drains and restarts
         thread.join(600)
@@ -231,7 +208,7 @@ def test_stuck_broker_tool_fails_the_deploy_naming_host_and_command(deployed):
     fake = "/usr/local/sbin/rabbitmqctl"
     assert broker.run(f"printf '#!/bin/sh\\nexec sleep 100000\\n' > {fake} && chmod 755 {fake}").rc == 0
     try:
-        run = _make("deploy", "ANSIBLE_ARGS=-e _rabbitmq_cli_timeout=5", timeout=600)
+        run = deployed.deploy(args="-e _rabbitmq_cli_timeout=5", timeout=600)
     finally:
         broker.run(f"rm -f {fake}")
     assert run.returncode != 0

@@ -6,17 +6,17 @@ import subprocess
 import pytest
 import yaml
 
-from support.deploy import ROOT
+from support.deploy import OFFLINE_NETWORK, ROOT
 from support.release import SAMPLE_APP
 
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
 
 
 def _inventory(tmp_path, **variables):
-    """An inventory of hosts that do not exist (10.255.0.0/24): nothing may try to reach them."""
+    """An inventory of hosts that do not exist (OFFLINE_NETWORK): nothing may try to reach them."""
     document = {"all": {"children": {
-        "rabbitmq": {"hosts": {"b-mq": {"ansible_host": "10.255.0.1"}}},
-        "celery_workers": {"vars": variables, "hosts": {"b-w1": {"ansible_host": "10.255.0.2"}}},
+        "rabbitmq": {"hosts": {"b-mq": {"ansible_host": f"{OFFLINE_NETWORK}.2"}}},
+        "celery_workers": {"vars": variables, "hosts": {"b-w1": {"ansible_host": f"{OFFLINE_NETWORK}.3"}}},
         "celery_beat": {"hosts": {"b-w1": None}}}}}
     path = tmp_path / "bad-app" / "hosts.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
