@@ -119,6 +119,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = selected
     items[:] = _order(items)
     config.stash[_LAST] = {name: item.nodeid for item in items for name in fleets_of(item)}
+    for item in items:  # make test's lanes (pytest -n 2 --dist loadgroup): a module's tests stay in its lane
+        names = [name for m in item.getparent(pytest.Module).iter_markers("fleet") for name in m.args[:1]]
+        names = names or fleets_of(item)
+        item.add_marker(pytest.mark.xdist_group(f"lane{FLEETS[names[0]].lane if names else 0}"))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -134,7 +138,16 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    session.config.stash[_POOL].close()  # whatever an interrupted or failed run left up
+    pool = session.config.stash[_POOL]
+    pool.close()  # whatever an interrupted or failed run left up
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: its fleets' lines go to the controller
+        session.config.workeroutput["fleets_held"] = pool.held
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist controller: the fleets a worker held, for the summary."""
+    node.config.stash[_POOL].held.update(getattr(node, "workeroutput", {}).get("fleets_held", {}))
 
 
 @pytest.hookimpl(wrapper=True)

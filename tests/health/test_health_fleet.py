@@ -18,6 +18,7 @@ import pytest
 
 from fleetctl import inventory as fleet_model
 from fleetctl import sandbox
+from support.fleet import RELAXED
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEETCTL = ROOT / ".venv" / "bin" / "fleetctl"
@@ -25,8 +26,6 @@ FAB = ROOT / ".venv" / "bin" / "fab"
 SHARED_INVENTORY = ROOT / "playbooks" / "inventories" / "sandbox" / "hosts.yml"
 HOSTS = ("broker", "worker1", "worker2")
 NODES = {"calc@worker1": "worker1", "reports@worker1": "worker1", "celery@worker2": "worker2"}
-RELAXED = ("--load-warn", "50", "--load-fail", "100", "--memory-warn", "99", "--memory-fail", "100",
-           "--disk-warn", "99", "--disk-fail", "100")
 GUARD = 120  # seconds; against a hanging run, not a speed assertion
 SETTLE = 120  # seconds to wait for the fleet to be healthy again after a fault is undone
 DRAINED = "0 messages ready, 0 unacknowledged, 1 consumer"  # an idle queue of the sandbox (it serves queue metrics)
