@@ -365,6 +365,17 @@ def ensure_image(suite: str, log=_quiet) -> Path:
     if (image / ".complete").exists():
         return image
     image.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time per suite: another sandbox up (another fleet, another checkout) may be building
+    # it, and replacing an image in use would pull the root from under that fleet's hosts.
+    with open(image.parent / f".{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (image / ".complete").exists():
+            return image
+        return _build_image(suite, image, log)
+
+
+def _build_image(suite: str, image: Path, log=_quiet) -> Path:
+    """debootstrap the suite into a temporary directory, customize it, and move it to image."""
     build = Path(tempfile.mkdtemp(prefix=f".{suite}-", dir=image.parent))
     log(f"Building the {suite} base image (debootstrap, about a minute) in {image}")
     try:

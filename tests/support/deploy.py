@@ -59,9 +59,19 @@ def changed_tasks(output: str) -> list[str]:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+def _sandbox_stamp() -> tuple[tuple[str, int], ...]:
+    """Each sandbox fleet's state file and its mtime: what the sandbox vars plugin reads (a cache key)."""
+    return tuple(sorted((str(path), path.stat().st_mtime_ns)
+                        for path in (ROOT / ".sandbox" / "fleets").glob("*/fleet.json")))
+
+
 def _inventory_list(inventory: Path) -> dict:
-    """`ansible-inventory --list` of the inventory (vars plugins included)."""
+    """`ansible-inventory --list` of the inventory (vars plugins included), as the sandbox is now."""
+    return _inventory_listed(inventory, _sandbox_stamp())
+
+
+@functools.lru_cache(maxsize=None)
+def _inventory_listed(inventory: Path, _stamp: tuple) -> dict:
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-inventory"), "-i", str(inventory), "--list"],
                          cwd=ROOT, text=True, capture_output=True, check=True,
                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))).stdout

@@ -205,10 +205,13 @@ class FleetPool:
         self.keep = keep
         self.report = report
         self.up: dict[str, Fleet] = {}
+        self.failed: dict[str, str] = {}  # name -> why it could not be brought up (raised again to each user)
         self.held: dict[str, dict[str, float]] = {}  # name -> boot, deploy, held (seconds), hosts
 
     def get(self, name: str) -> Fleet:
         """The fleet name, up (and deployed when its spec says so)."""
+        if name in self.failed:
+            raise AssertionError(self.failed[name])
         if name in self.up:
             return self.up[name]
         spec = FLEETS[name]
@@ -219,8 +222,8 @@ class FleetPool:
         fleet.timings["up"] = start
         booted = fleet.make("sandbox-up")
         if booted.returncode != 0:
-            raise AssertionError(f"fleet {name}: make sandbox-up failed ({booted.returncode}):\n"
-                                 f"{booted.stdout[-5000:]}")
+            self.failed[name] = f"fleet {name}: make sandbox-up failed ({booted.returncode}):\n{booted.stdout[-5000:]}"
+            raise AssertionError(self.failed[name])
         fleet.timings["boot"] = time.monotonic() - start
         if spec.deployed:
             start = time.monotonic()
@@ -229,8 +232,8 @@ class FleetPool:
             fleet.deploy_output = done.stdout
             if done.returncode != 0:
                 self.up[name] = fleet  # its logs can be collected, and it is brought down
-                raise AssertionError(f"fleet {name}: the cold deploy failed ({done.returncode}):\n"
-                                     f"{done.stdout[-5000:]}")
+                self.failed[name] = f"fleet {name}: the cold deploy failed ({done.returncode}):\n{done.stdout[-5000:]}"
+                raise AssertionError(self.failed[name])
         self.up[name] = fleet
         self.report(f"fleet {name} up: boot {fleet.timings['boot']:.0f} s"
                     + (f", cold deploy {fleet.timings['deploy']:.0f} s" if "deploy" in fleet.timings else ""))
@@ -272,5 +275,6 @@ def wait_active(app, node: str, task_id: str, within: float = 30) -> None:
 
 
 def safe_name(nodeid: str) -> str:
-    """A test id as a directory name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)[-120:]
+    """A test id (its file's name and the test's) as a directory name."""
+    path, _, test = nodeid.partition("::")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(path).stem}-{test}")[:150]
