@@ -43,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _POOL = pytest.StashKey[FleetPool]()
-_LAST = pytest.StashKey[dict[str, str]]()  # fleet -> nodeid of the last test that uses it
+_LAST = pytest.StashKey[dict[str, pytest.Item]]()  # fleet -> the last test that uses it
 
 
 def _tier(path: Path) -> str:
@@ -110,6 +110,7 @@ def _order(items: list[pytest.Item]) -> list[pytest.Item]:
     return sorted(items, key=key)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the lanes' xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _mark_tiers(items)
     wanted = set(config.getoption("--fleet"))
@@ -118,7 +119,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[item for item in items if item not in selected])
         items[:] = selected
     items[:] = _order(items)
-    config.stash[_LAST] = {name: item.nodeid for item in items for name in fleets_of(item)}
+    config.stash[_LAST] = {name: item for item in items for name in fleets_of(item)}
     for item in items:  # make test's lanes (pytest -n 2 --dist loadgroup): a module's tests stay in its lane
         names = [name for m in item.getparent(pytest.Module).iter_markers("fleet") for name in m.args[:1]]
         names = names or fleets_of(item)
@@ -133,7 +134,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     finally:
         pool = item.config.stash[_POOL]
         for name, last in item.config.stash[_LAST].items():
-            if last == item.nodeid:
+            if last is item:
                 pool.down(name)
 
 
