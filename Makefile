@@ -106,7 +106,7 @@ test-fleet: setup ## Run one fleet's tests alone: FLEET=name (tests/support/flee
 test: setup ## Run the whole test suite: lint, then every tier in TEST_LANES lanes side by side [TEST_LANES=2; 0: one]
 	@scripts/system-packages.sh test
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest $(if $(filter-out 0 1,$(TEST_LANES)),-n $(TEST_LANES) --dist loadgroup) $(PYTEST_ARGS) tests
+	$(BIN)/pytest $(if $(filter-out 0 1,$(TEST_LANES)),-n $(TEST_LANES)) $(PYTEST_ARGS) tests
 
 .PHONY: bench
 bench: setup ## Print benchmark figures [BENCH="sandbox deploy broadcast health restart rolling results events release broker scale"] [HOSTS=24]

@@ -12,6 +12,7 @@ the test's output directory.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from support.fleet import FLEETS, FleetPool, safe_name
 
 TESTS = Path(__file__).resolve().parent
+LANES_FILE = TESTS.parent / ".pytest_cache" / "fleet-lanes.json"  # nodeid -> lane, for make test's two lanes
 TIERS = ("unit", "preflight", "broker", "sandbox")
 DIRECTORY_TIERS = {"unit": "unit", "preflight": "preflight", "app": "broker"}  # any other: sandbox
 
@@ -120,10 +122,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = selected
     items[:] = _order(items)
     config.stash[_LAST] = {name: item for item in items for name in fleets_of(item)}
-    for item in items:  # make test's lanes (pytest -n 2 --dist loadgroup): a module's tests stay in its lane
-        names = [name for m in item.getparent(pytest.Module).iter_markers("fleet") for name in m.args[:1]]
-        names = names or fleets_of(item)
-        item.add_marker(pytest.mark.xdist_group(f"lane{FLEETS[names[0]].lane if names else 0}"))
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller's LaneScheduling reads the lanes
+        lanes = json.dumps({item.nodeid: _lane(item) for item in items})
+        LANES_FILE.parent.mkdir(parents=True, exist_ok=True)
+        partial = LANES_FILE.with_suffix(f".{os.getpid()}")
+        partial.write_text(lanes)
+        partial.replace(LANES_FILE)
+
+
+def _lane(item: pytest.Item) -> int:
+    """The lane of a test: its module's fleet's (a module's tests stay together), 0 without a fleet."""
+    names = [name for m in item.getparent(pytest.Module).iter_markers("fleet") for name in m.args[:1]]
+    names = names or fleets_of(item)
+    return FLEETS[names[0]].lane if names else 0
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """make test's lanes (pytest -n 2): each lane, in collection order, on one worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        _lanes: dict[str, int] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._lanes is None:  # written by the workers when they collected (before they reported it)
+                self._lanes = json.loads(LANES_FILE.read_text())
+            return f"lane{self._lanes.get(nodeid, 0)}"
+
+    return LaneScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)
