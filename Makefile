@@ -17,7 +17,7 @@ SERIAL ?= 1
 BENCH ?=
 HOSTS ?=
 FLEET ?=
-TEST_LANES ?= 2
+TEST_LANES ?= 1
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -103,7 +103,7 @@ test-fleet: setup ## Run one fleet's tests alone: FLEET=name (tests/support/flee
 	$(BIN)/pytest --fleet "$(FLEET)" $(PYTEST_ARGS) tests
 
 .PHONY: test
-test: setup ## Run the whole test suite: lint, then every tier in TEST_LANES lanes side by side [TEST_LANES=2; 0: one]
+test: setup ## Run the whole test suite: lint, then every tier [TEST_LANES=2: two lanes of fleets side by side]
 	@scripts/system-packages.sh test
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(if $(filter-out 0 1,$(TEST_LANES)),-n $(TEST_LANES)) $(PYTEST_ARGS) tests
