@@ -108,11 +108,6 @@ FLEETS: dict[str, FleetSpec] = {spec.name: spec for spec in (
 )}
 
 
-def fleet_of(path: Path) -> FleetSpec:
-    """The spec whose inventory is path."""
-    return next(spec for spec in FLEETS.values() if spec.inventory.resolve() == Path(path).resolve())
-
-
 @dataclass
 class Fleet:
     """A sandbox fleet that is up: its make, deploy and fleetctl calls and a testinfra host per inventory host."""
@@ -133,10 +128,6 @@ class Fleet:
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return fleet_env({**dict(self.spec.env if self.spec else ()), **(extra or {})})
-
-    def secret(self, name: str, inventory: Path | None = None) -> Path:
-        """The controller-side secret file the deploy generated for this fleet (keyed by the inventory's directory)."""
-        return ROOT / ".secrets" / (inventory or self.inventory).parent.name / name
 
     def make(self, target: str, *args: str, inventory: Path | None = None, check: bool = False,
              timeout: float = GUARD, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -201,9 +192,8 @@ class Fleet:
 class FleetPool:
     """The session's fleets: each brought up (and deployed) on first use, brought down after its last test."""
 
-    def __init__(self, keep: bool = False, report=print) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.keep = keep
-        self.report = report
         self.up: dict[str, Fleet] = {}
         self.failed: dict[str, str] = {}  # name -> why it could not be brought up (raised again to each user)
         self.held: dict[str, dict[str, float]] = {}  # name -> boot, deploy, held (seconds), hosts
@@ -235,8 +225,6 @@ class FleetPool:
                 self.failed[name] = f"fleet {name}: the cold deploy failed ({done.returncode}):\n{done.stdout[-5000:]}"
                 raise AssertionError(self.failed[name])
         self.up[name] = fleet
-        self.report(f"fleet {name} up: boot {fleet.timings['boot']:.0f} s"
-                    + (f", cold deploy {fleet.timings['deploy']:.0f} s" if "deploy" in fleet.timings else ""))
         return fleet
 
     def down(self, name: str) -> None:
